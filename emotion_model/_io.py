@@ -1,0 +1,92 @@
+"""Reading model files from a path, a URI or a file object (shared by checkpoint and model)."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any
+
+from emotion_model.errors import CheckpointError, CheckpointNotFoundError
+
+Source = str | os.PathLike[str] | IO[bytes] | bytes
+
+
+def source_name(source: Any) -> str:
+    """A printable name for a path, URI, bytes or file object."""
+    if isinstance(source, bytes | bytearray):
+        return "<bytes>"
+    name = getattr(source, "name", None)
+    if isinstance(name, str):
+        return name
+    return os.fspath(source) if isinstance(source, str | os.PathLike) else repr(source)
+
+
+def _is_remote(text: str) -> bool:
+    return "://" in text and not text.startswith("file://")
+
+
+def read_source_bytes(source: Source) -> tuple[str, bytes]:
+    """Return ``(name, data)`` for a local path, a ``file://`` or fsspec URI, bytes or a file.
+
+    URIs such as ``s3://bucket/key`` go through fsspec (its s3fs plugin reads the standard AWS
+    settings); emotion_model itself holds no storage client.
+    """
+    name = source_name(source)
+    if isinstance(source, bytes | bytearray):
+        return name, bytes(source)
+    if hasattr(source, "read"):
+        return name, source.read()  # type: ignore[union-attr]
+    text = os.fspath(source)  # type: ignore[arg-type]
+    try:
+        if _is_remote(text):
+            import fsspec
+
+            with fsspec.open(text, "rb") as fh:
+                return name, fh.read()
+        path = Path(text.removeprefix("file://"))
+        return name, path.read_bytes()
+    except FileNotFoundError as exc:
+        raise CheckpointNotFoundError(name, "no such model file") from exc
+    except IsADirectoryError as exc:
+        raise CheckpointError(name, "is a directory, not a model file") from exc
+    except PermissionError as exc:
+        raise CheckpointError(name, "permission denied") from exc
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to a local ``path`` whole or not at all (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_target(target: str | os.PathLike[str] | IO[bytes], data: bytes) -> None:
+    """Write to a file object, a local path (atomically) or an fsspec URI (one PUT)."""
+    if hasattr(target, "write"):
+        target.write(data)  # type: ignore[union-attr]
+        return
+    text = os.fspath(target)  # type: ignore[arg-type]
+    if _is_remote(text):
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(text)
+        fs.pipe_file(path, data)
+        return
+    atomic_write(text.removeprefix("file://"), data)
+
+
+def bytes_io(data: bytes) -> io.BytesIO:
+    """A seekable in-memory file over ``data``."""
+    return io.BytesIO(data)

@@ -1,0 +1,389 @@
+"""Model files: the small deployment file (safetensors + metadata) and the full training
+checkpoint (model, optimizer, scheduler, epoch, best metric, RNG states) for resuming.
+
+Nothing is ever unpickled from a file: deployment files are safetensors; torch files (training
+checkpoints, plain state dicts) load with ``torch.load(..., weights_only=True)``, which refuses
+any pickle that would construct arbitrary objects or run code.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import pickle
+import random
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import Tensor, nn
+
+from emotion_model._io import Source, bytes_io, read_source_bytes, write_target
+from emotion_model.errors import (
+    ArchitectureMismatchError,
+    CheckpointError,
+    LabelMismatchError,
+    TruncatedCheckpointError,
+    UnsafeCheckpointError,
+)
+from emotion_model.labels import EMOTION_LABELS
+from emotion_model.model import EmotionClassifier
+from emotion_model.preprocess import IMAGENET_MEAN, IMAGENET_STD
+
+DEFAULT_NUM_FRAMES = 48
+DEFAULT_IMG_SIZE = 112
+DEPLOYMENT_FORMAT = "emotion-pipeline/deployment"
+TRAINING_FORMAT = "emotion-pipeline/training"
+FORMAT_VERSION = 1
+_METADATA_KEY = "emotion_pipeline"
+_ARCH_KEYS = ("num_classes", "hidden_size", "dropout", "use_se", "width")
+
+
+def weights_sha256(state: Mapping[str, Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in sorted name order."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def model_version_of(state: Mapping[str, Tensor]) -> str:
+    """The model version: the first 12 hex digits of ``weights_sha256``."""
+    return weights_sha256(state)[:12]
+
+
+def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+
+
+def save_deployment(
+    model: EmotionClassifier,
+    path: str | os.PathLike[str] | IO[bytes],
+    *,
+    labels: Sequence[str] = EMOTION_LABELS,
+    num_frames: int = DEFAULT_NUM_FRAMES,
+    img_size: int = DEFAULT_IMG_SIZE,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    metrics: Mapping[str, Any] | None = None,
+    **metadata: Any,
+) -> dict[str, Any]:
+    """Write a deployment file (safetensors weights + JSON metadata); return the metadata.
+
+    ``path`` is a local path (written atomically), an fsspec URI (one PUT) or a binary file.
+    Extra keyword arguments (``data_fingerprint``, ``untrained``, ``notes``...) are stored as
+    metadata; they must be JSON-serialisable.
+    """
+    labels = list(labels)
+    if len(labels) != model.num_classes:
+        raise ValueError(f"{len(labels)} labels for a model with {model.num_classes} outputs")
+    if num_frames % 4 or num_frames < 4:
+        raise ValueError(f"num_frames must be a positive multiple of 4, got {num_frames}")
+    state = _cpu_state(model)
+    sha = weights_sha256(state)
+    record: dict[str, Any] = {
+        "format": DEPLOYMENT_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_version": sha[:12],
+        "weights_sha256": sha,
+        "labels": labels,
+        "num_frames": int(num_frames),
+        "img_size": int(img_size),
+        "mean": [float(v) for v in mean],
+        "std": [float(v) for v in std],
+        "architecture": {k: model.config[k] for k in _ARCH_KEYS},
+        "metrics": dict(metrics or {}),
+        "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+    record.update(metadata)
+    data = st_save(state, metadata={_METADATA_KEY: json.dumps(record, default=str)})
+    write_target(path, data)
+    return record
+
+
+def _default_metadata(state: Mapping[str, Tensor]) -> dict[str, Any]:
+    """Metadata for a plain state dict: architecture inferred from tensor shapes."""
+    try:
+        width = int(state["backbone.blocks.0.multipathway_blocks.0.conv.weight"].shape[0])
+        hidden, _ = state["head.1.weight"].shape
+        num_classes = int(state["head.4.weight"].shape[0])
+    except KeyError as exc:
+        raise KeyError(f"not an EmotionClassifier state dict (no {exc.args[0]!r})") from exc
+    sha = weights_sha256(state)
+    return {
+        "format": "state_dict",
+        "model_version": sha[:12],
+        "weights_sha256": sha,
+        "labels": list(EMOTION_LABELS)[:num_classes],
+        "num_frames": DEFAULT_NUM_FRAMES,
+        "img_size": DEFAULT_IMG_SIZE,
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "architecture": {
+            "num_classes": num_classes,
+            "hidden_size": int(hidden),
+            "dropout": 0.5,
+            "use_se": any(".act_b." in k for k in state),
+            "width": width,
+        },
+        "metrics": {},
+    }
+
+
+def _torch_load_safe(name: str, data: bytes) -> Any:
+    try:
+        return torch.load(bytes_io(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsafeCheckpointError(
+            name, f"refused: the file needs arbitrary unpickling to load ({first[:160]})"
+        ) from exc
+    except (RuntimeError, EOFError, ValueError, struct.error) as exc:
+        raise TruncatedCheckpointError(name, f"unreadable torch file ({exc})") from exc
+
+
+def _is_torch_file(data: bytes) -> bool:
+    return data[:4] == b"PK\x03\x04" or data[:1] == b"\x80"
+
+
+def read_state_dict(source: Source) -> dict[str, Tensor]:
+    """Read a state dict from safetensors or a torch file (``weights_only=True``).
+
+    Unwraps the common containers: ``model_state`` (pytorchvideo), ``state_dict``, ``model``.
+    """
+    name, data = read_source_bytes(source)
+    if not data:
+        raise TruncatedCheckpointError(name, "empty file (0 bytes)")
+    if _is_torch_file(data):
+        obj = _torch_load_safe(name, data)
+        for key in ("model_state", "state_dict", "model"):
+            if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+        if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+            raise CheckpointError(name, "the torch file holds no state dict of tensors")
+        return dict(obj)
+    return _load_safetensors(name, data)[0]
+
+
+def _load_safetensors(name: str, data: bytes) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    if len(data) < 8:
+        raise TruncatedCheckpointError(name, f"truncated: {len(data)} bytes")
+    (header_len,) = struct.unpack("<Q", data[:8])
+    if header_len > len(data) - 8:
+        raise TruncatedCheckpointError(
+            name, f"truncated: header says {header_len} bytes, file has {len(data) - 8}"
+        )
+    try:
+        header = json.loads(data[8 : 8 + header_len])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TruncatedCheckpointError(name, "not a model file (no safetensors header)") from exc
+    try:
+        state = st_load(data)
+    except SafetensorError as exc:
+        raise TruncatedCheckpointError(name, f"truncated or damaged weights ({exc})") from exc
+    raw = (header.get("__metadata__") or {}).get(_METADATA_KEY)
+    metadata = json.loads(raw) if raw else {}
+    return state, metadata
+
+
+@dataclass
+class _Loaded:
+    state: dict[str, Tensor]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _read_deployment(source: Source) -> tuple[str, _Loaded]:
+    name, data = read_source_bytes(source)
+    if not data:
+        raise TruncatedCheckpointError(name, "empty file (0 bytes)")
+    if _is_torch_file(data):
+        obj = _torch_load_safe(name, data)
+        if isinstance(obj, dict) and obj.get("format") == TRAINING_FORMAT:
+            obj = obj["model"]
+        elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+            obj = obj["state_dict"]
+        if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+            raise CheckpointError(name, "the torch file holds no state dict of tensors")
+        try:
+            return name, _Loaded(dict(obj), _default_metadata(obj))
+        except KeyError as exc:
+            raise ArchitectureMismatchError(name, exc.args[0]) from exc
+    state, metadata = _load_safetensors(name, data)
+    if metadata.get("format") != DEPLOYMENT_FORMAT:
+        try:
+            metadata = {**_default_metadata(state), **metadata}
+        except KeyError as exc:
+            raise ArchitectureMismatchError(name, exc.args[0]) from exc
+    return name, _Loaded(state, metadata)
+
+
+def load_deployment(
+    source: Source,
+    *,
+    expected_labels: Sequence[str] | None = EMOTION_LABELS,
+    device: str | torch.device = "cpu",
+) -> tuple[EmotionClassifier, dict[str, Any]]:
+    """Load a deployment file (or a plain state dict) -> ``(model in eval mode, metadata)``.
+
+    ``source``: local path, ``file://`` or fsspec URI (``s3://...``), bytes or a binary file.
+    Checks, each with its own error: empty or truncated file, damaged weights (sha256 differs
+    from the recorded one), a pickle that needs arbitrary code (refused), weights that do not
+    fit the recorded architecture, labels other than ``expected_labels`` (None: any).
+    """
+    name, loaded = _read_deployment(source)
+    state, metadata = loaded.state, loaded.metadata
+    sha = weights_sha256(state)
+    recorded = metadata.get("weights_sha256")
+    if recorded and recorded != sha:
+        raise TruncatedCheckpointError(
+            name, f"weights sha256 {sha[:12]} differs from the recorded {recorded[:12]} (damaged)"
+        )
+    metadata["model_version"] = sha[:12]
+    metadata["weights_sha256"] = sha
+    arch = dict(metadata.get("architecture") or {})
+    unknown = set(arch) - set(_ARCH_KEYS)
+    if unknown:
+        raise ArchitectureMismatchError(name, f"unknown architecture keys {sorted(unknown)}")
+    labels = metadata.get("labels")
+    num_classes = int(arch.get("num_classes", len(EMOTION_LABELS)))
+    if (
+        not isinstance(labels, list)
+        or not all(isinstance(x, str) for x in labels)
+        or len(labels) != num_classes
+    ):
+        raise LabelMismatchError(
+            name, f"labels {labels!r} do not name the model's {num_classes} outputs"
+        )
+    if expected_labels is not None and tuple(labels) != tuple(expected_labels):
+        raise LabelMismatchError(
+            name, f"labels {labels} differ from the expected {list(expected_labels)}"
+        )
+    try:
+        model = EmotionClassifier(**arch)
+    except (TypeError, ValueError) as exc:
+        raise ArchitectureMismatchError(name, f"bad architecture {arch}: {exc}") from exc
+    result = model.load_state_dict(state, strict=False)
+    problems = [f"missing {k}" for k in result.missing_keys]
+    problems += [f"unexpected {k}" for k in result.unexpected_keys]
+    if problems:
+        raise ArchitectureMismatchError(
+            name, f"weights do not fit the architecture {arch}: {len(problems)} keys differ, "
+            f"e.g. {problems[0]}"
+        )
+    return model.to(device).eval(), metadata
+
+
+def _load_state_checked(name: str, model: nn.Module, state: Mapping[str, Tensor]) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise ArchitectureMismatchError(name, f"weights do not fit the model: {first}") from exc
+
+
+# --- full training checkpoints -----------------------------------------------------------------
+@dataclass
+class TrainingState:
+    """What a training checkpoint restores besides the weights and optimizer."""
+
+    epoch: int
+    best_metric: float | None
+    extra: dict[str, Any]
+    architecture: dict[str, Any]
+
+
+def _rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def save_training_checkpoint(
+    path: str | os.PathLike[str] | IO[bytes],
+    *,
+    model: EmotionClassifier,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any | None = None,
+    scaler: Any | None = None,
+    epoch: int,
+    best_metric: float | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """Write a full training checkpoint, atomically, that ``load_training_checkpoint`` resumes.
+
+    ``extra`` holds JSON-like values (history, early-stopping counters, the split...).
+    """
+    payload = {
+        "format": TRAINING_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "architecture": {k: model.config[k] for k in _ARCH_KEYS},
+        "model": _cpu_state(model),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "epoch": int(epoch),
+        "best_metric": None if best_metric is None else float(best_metric),
+        "extra": json.loads(json.dumps(dict(extra or {}), default=str)),
+        "rng": _rng_state(),
+    }
+    buffer = bytes_io(b"")
+    torch.save(payload, buffer)
+    write_target(path, buffer.getvalue())
+
+
+def load_training_checkpoint(
+    source: Source,
+    *,
+    model: EmotionClassifier,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+    scaler: Any | None = None,
+    restore_rng: bool = True,
+) -> TrainingState:
+    """Restore a training checkpoint into ``model`` (and optimizer, scheduler, scaler, RNGs)."""
+    name, data = read_source_bytes(source)
+    if not data:
+        raise TruncatedCheckpointError(name, "empty file (0 bytes)")
+    payload = _torch_load_safe(name, data)
+    if not isinstance(payload, dict) or payload.get("format") != TRAINING_FORMAT:
+        raise CheckpointError(name, "not an emotion-pipeline training checkpoint")
+    _load_state_checked(name, model, payload["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(payload["optimizer"])
+    if scheduler is not None and payload.get("scheduler") is not None:
+        scheduler.load_state_dict(payload["scheduler"])
+    if scaler is not None and payload.get("scaler") is not None:
+        scaler.load_state_dict(payload["scaler"])
+    if restore_rng:
+        _set_rng_state(payload["rng"])
+    return TrainingState(
+        epoch=int(payload["epoch"]),
+        best_metric=payload.get("best_metric"),
+        extra=dict(payload.get("extra") or {}),
+        architecture=dict(payload.get("architecture") or {}),
+    )

@@ -1,0 +1,221 @@
+"""EmotionClassifier: the pytorchvideo SlowFast-R50 backbone with Squeeze-and-Excitation blocks
+and a small classification head, as the model card describes it.
+
+::
+
+    frames float32 [B, T, C, H, W] (ImageNet-normalized)
+        -> permute to pytorchvideo's [B, C, T, H, W]
+        -> fast pathway: all T frames; slow pathway: T / alpha frames (alpha = 4)
+        -> SlowFast-R50 stem + 4 residual stages (SE inside every bottleneck), lateral fusion
+        -> adaptive average pool per pathway, concatenated  [B, 8 * width * 4 + ...] (2304 for R50)
+        -> Linear(hidden_size) -> ReLU -> Dropout -> Linear(num_classes)
+        -> logits [B, num_classes]
+
+The backbone keeps pytorchvideo's module names (``backbone.blocks.0`` ... ``backbone.blocks.5``),
+so Kinetics-400 ``SLOWFAST_8x8_R50`` weights map onto it; only the head is new.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Any, Literal
+
+from torch import Tensor, nn
+
+with warnings.catch_warnings():  # fvcore / pytorchvideo import torch.jit.script at import time
+    warnings.simplefilter("ignore", FutureWarning)
+    from fvcore.nn.squeeze_excitation import SqueezeExcitation
+    from pytorchvideo.models.resnet import create_bottleneck_block
+    from pytorchvideo.models.slowfast import create_slowfast
+
+from emotion_model.errors import ArchitectureMismatchError, CheckpointError
+from emotion_model.labels import EMOTION_LABELS
+
+SLOWFAST_ALPHA = 4
+"""Frame-rate ratio between the fast and the slow pathway."""
+
+R50_WIDTH = 64
+"""Channels of the slow pathway's stem in SlowFast-R50; every stage scales with it."""
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "r50": {"width": R50_WIDTH},
+    # Same code path, a quarter of the channels: ~1/16 of the compute, ~1/15 of the parameters.
+    "small": {"width": 16},
+}
+"""Named architecture variants; ``EmotionClassifier(**PRESETS["small"])`` is the test model."""
+
+
+def _create_se_bottleneck_block(*, se_ratio: float, dim_inner: int, **kwargs: Any) -> nn.Module:
+    """`create_bottleneck_block` with a Squeeze-and-Excitation block on its 3x3 conv.
+
+    The SE block sits after ``norm_b`` and before the activation (X3D's placement), inside
+    ``act_b``, so the pytorchvideo parameter names of the block stay unchanged and Kinetics
+    weights still load by name. fvcore's SE takes ``num_channels``/``num_channels_reduced``
+    where the bottleneck builder speaks of ``dim_inner``: this adapter translates.
+    """
+    block = create_bottleneck_block(dim_inner=dim_inner, **kwargs)
+    activation = block.act_b if block.act_b is not None else nn.Identity()
+    reduced = max(8, int(round(dim_inner * se_ratio / 8)) * 8) if dim_inner >= 8 else dim_inner
+    block.act_b = nn.Sequential(
+        SqueezeExcitation(num_channels=dim_inner, num_channels_reduced=reduced, is_3d=True),
+        activation,
+    )
+    return block
+
+
+def create_emotion_backbone(
+    *,
+    width: int = R50_WIDTH,
+    use_se: bool = True,
+    se_ratio: float = 0.0625,
+) -> nn.Module:
+    """SlowFast-R50 without its Kinetics head, pooling adaptively to any T, H, W.
+
+    Input: ``[slow [B, 3, T/alpha, H, W], fast [B, 3, T, H, W]]``; output ``[B, F, 1, 1, 1]``
+    where ``F = 32 * width + 4 * width`` (2304 for R50).
+    """
+    if width < 8 or width % 8:
+        raise ValueError(f"width must be a multiple of 8 and >= 8, got {width}")
+    builder: Callable[..., nn.Module] = (
+        partial(_create_se_bottleneck_block, se_ratio=se_ratio) if use_se
+        else create_bottleneck_block
+    )
+    return create_slowfast(
+        model_depth=50,
+        stem_dim_outs=(width, width // 8),
+        bottleneck=((builder,) * 4,) * 2,
+        head=None,  # replaced by EmotionClassifier.head
+        head_pool=nn.AdaptiveAvgPool3d,
+        head_output_size=(1, 1, 1),
+    )
+
+
+class EmotionClassifier(nn.Module):
+    """SlowFast-R50 + SE + MLP head; ``forward`` maps float32 ``[B, T, C, H, W]`` to logits.
+
+    Args:
+        num_classes: number of outputs (6: ``EMOTION_LABELS``).
+        hidden_size: units of the hidden layer of the head.
+        dropout: dropout before the last linear layer.
+        use_se: put Squeeze-and-Excitation blocks in every residual bottleneck.
+        pretrained: False, or a path / URI / file object of Kinetics-400 ``SLOWFAST_8x8_R50``
+            weights (a pytorchvideo checkpoint with ``model_state``, or a plain state dict) to
+            initialise the backbone. ``True`` alone is an error: nothing is downloaded.
+        width: slow-pathway stem channels; 64 is SlowFast-R50, 16 the ``small`` test variant.
+
+    T must be a multiple of 4 (the slow pathway takes every 4th frame); H = W of 112 or 224
+    (any size >= 32 works: pooling adapts).
+    """
+
+    def __init__(
+        self,
+        num_classes: int = len(EMOTION_LABELS),
+        hidden_size: int = 256,
+        dropout: float = 0.5,
+        use_se: bool = True,
+        pretrained: bool | str | os.PathLike[str] | io.IOBase = False,
+        *,
+        width: int = R50_WIDTH,
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.config: dict[str, Any] = {
+            "num_classes": num_classes,
+            "hidden_size": hidden_size,
+            "dropout": dropout,
+            "use_se": use_se,
+            "width": width,
+        }
+        self.backbone = create_emotion_backbone(width=width, use_se=use_se)
+        features = 32 * width + 4 * width  # slow stage-4 channels + fast stage-4 channels
+        self.head = nn.Sequential(
+            nn.Flatten(1),
+            nn.Linear(features, hidden_size),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_size, num_classes),
+        )
+        if pretrained is True:
+            raise ValueError(
+                "pretrained=True needs a source: pass the path or URI of Kinetics-400 "
+                "SLOWFAST_8x8_R50 weights (nothing is downloaded at run time)"
+            )
+        if pretrained:
+            load_kinetics_backbone(self, pretrained)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of output logits."""
+        return int(self.config["num_classes"])
+
+    def forward(self, x: Tensor) -> Tensor:
+        """float32 ``[B, T, C, H, W]`` (normalized) -> logits float32 ``[B, num_classes]``."""
+        if x.ndim != 5:
+            raise ValueError(f"expected input [B, T, C, H, W], got shape {tuple(x.shape)}")
+        if x.shape[1] % SLOWFAST_ALPHA:
+            raise ValueError(f"T must be a multiple of {SLOWFAST_ALPHA}, got T={x.shape[1]}")
+        fast = x.permute(0, 2, 1, 3, 4)  # the one permute: [B, T, C, H, W] -> [B, C, T, H, W]
+        slow = fast[:, :, ::SLOWFAST_ALPHA]  # temporal subsampling, [B, C, T/alpha, H, W]
+        features = self.backbone([slow, fast])
+        return self.head(features)
+
+
+def build_model(preset: Literal["r50", "small"] | None = None, **kwargs: Any) -> EmotionClassifier:
+    """Build an EmotionClassifier from a named preset plus keyword overrides."""
+    arch = dict(PRESETS[preset]) if preset else {}
+    arch.update(kwargs)
+    return EmotionClassifier(**arch)
+
+
+def _read_state(source: str | os.PathLike[str] | io.IOBase) -> Mapping[str, Tensor]:
+    from emotion_model.checkpoint import read_state_dict  # local: checkpoint imports model
+
+    return read_state_dict(source)
+
+
+def load_kinetics_backbone(
+    model: EmotionClassifier, source: str | os.PathLike[str] | io.IOBase
+) -> list[str]:
+    """Load Kinetics-400 SlowFast-R50 backbone weights; the head stays freshly initialised.
+
+    Accepts pytorchvideo's checkpoint layout (``{"model_state": {...}}``), a plain state dict,
+    or safetensors. Keys ``blocks.N.*`` map to ``backbone.blocks.N.*``; the Kinetics head
+    (``blocks.6``) is dropped. Returns the backbone keys left at their initial values (the SE
+    blocks, which Kinetics weights do not have). Raises ArchitectureMismatchError when a
+    tensor's shape differs (e.g. weights of another width or depth).
+    """
+    name = getattr(source, "name", None) or str(source)
+    state = _read_state(source)
+    own = model.state_dict()
+    mapped: dict[str, Tensor] = {}
+    for key, value in state.items():
+        key = key.removeprefix("module.").removeprefix("model.")
+        if key.startswith("blocks.6") or not key.startswith("blocks."):
+            continue
+        target = f"backbone.{key}"
+        if target not in own:
+            raise ArchitectureMismatchError(name, f"unexpected Kinetics key {key!r}")
+        if own[target].shape != value.shape:
+            raise ArchitectureMismatchError(
+                name,
+                f"{key} has shape {tuple(value.shape)}, the model expects "
+                f"{tuple(own[target].shape)} (SlowFast-R50 at width {model.config['width']}?)",
+            )
+        mapped[target] = value
+    if not mapped:
+        raise CheckpointError(name, "no SlowFast backbone weights (blocks.*) found")
+    missing = [k for k in own if k.startswith("backbone.") and k not in mapped]
+    non_se = [k for k in missing if ".act_b." not in k]
+    if non_se:
+        raise ArchitectureMismatchError(
+            name, f"{len(non_se)} backbone tensors missing, e.g. {non_se[0]!r}"
+        )
+    model.load_state_dict(mapped, strict=False)
+    return missing

@@ -1,0 +1,181 @@
+"""Prediction: a ``Predictor`` that turns uint8 clip batches into probabilities on CPU or GPU,
+and ``predict_video`` for one file (the CLI's single-file mode)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from emotion_model.checkpoint import load_deployment
+from emotion_model.labels import EMOTION_LABELS
+from emotion_model.model import EmotionClassifier
+from emotion_model.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize
+from emotion_model.video import ClipReader, VideoSource
+
+DeviceName = Literal["auto", "cpu", "cuda"] | str
+
+
+def resolve_device(device: DeviceName = "auto") -> torch.device:
+    """``auto`` -> the first CUDA GPU when present, else the CPU; other names are checked."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but no CUDA GPU is available")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
+    return dev
+
+
+class Predictor:
+    """A model in eval mode plus its preprocessing, ready for batches of uint8 clips.
+
+    On a GPU: bf16 autocast where supported (else fp16), pinned host memory and non-blocking
+    copies, channels_last_3d. On a CPU: fp32.
+    """
+
+    def __init__(
+        self,
+        model: EmotionClassifier,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        device: DeviceName = "auto",
+        amp: bool | None = None,
+    ) -> None:
+        meta = dict(metadata or {})
+        self.device = resolve_device(device)
+        self.labels: tuple[str, ...] = tuple(meta.get("labels") or EMOTION_LABELS)
+        self.num_frames = int(meta.get("num_frames", 48))
+        self.img_size = int(meta.get("img_size", 112))
+        self.mean = tuple(meta.get("mean") or IMAGENET_MEAN)
+        self.std = tuple(meta.get("std") or IMAGENET_STD)
+        self.model_version = str(meta.get("model_version", "unversioned"))
+        self.metadata = meta
+        cuda = self.device.type == "cuda"
+        self.amp = cuda if amp is None else amp
+        self.amp_dtype = (
+            torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
+        )
+        self.model = model.to(self.device).eval()
+        if cuda:
+            self.model = self.model.to(memory_format=torch.channels_last_3d)
+
+    @classmethod
+    def from_file(cls, source: VideoSource, *, device: DeviceName = "auto") -> Predictor:
+        """Load a deployment file (path, URI, bytes or file object) onto ``device``."""
+        model, metadata = load_deployment(source)
+        return cls(model, metadata, device=device)
+
+    def probabilities(self, clips: np.ndarray | torch.Tensor) -> np.ndarray:
+        """uint8 ``[B, T, H, W, 3]`` -> float32 ``[B, num_classes]`` softmax probabilities."""
+        x = torch.from_numpy(clips) if isinstance(clips, np.ndarray) else clips
+        if self.device.type == "cuda":
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.amp_dtype)
+            if self.amp
+            else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            batch = normalize(x, mean=self.mean, std=self.std)
+            logits = self.model(batch)
+            probs = torch.softmax(logits.float(), dim=-1)
+        return probs.cpu().numpy().astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
+class ClipPrediction:
+    """One clip's label, confidence (its top probability) and all probabilities."""
+
+    index: int
+    start_s: float
+    end_s: float
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+
+
+@dataclass(frozen=True)
+class VideoPrediction:
+    """Every clip of a video, plus the video-level label from the mean of clip probabilities."""
+
+    uri: str
+    clips: list[ClipPrediction]
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+    duration_s: float
+    partial: bool
+    partial_reason: str | None
+    model_version: str
+
+
+def label_probabilities(
+    probs: np.ndarray, labels: Sequence[str]
+) -> tuple[str, float, dict[str, float]]:
+    """float ``[C]`` -> (top label, its probability, ``{label: probability}``)."""
+    top = int(np.argmax(probs))
+    return labels[top], float(probs[top]), {k: float(v) for k, v in zip(labels, probs, strict=True)}
+
+
+def predict_video(
+    model: EmotionClassifier | Predictor,
+    source: VideoSource,
+    metadata: Mapping[str, Any] | None = None,
+    *,
+    clip_seconds: float = 4.0,
+    stride_seconds: float | None = None,
+    batch_size: int = 8,
+    device: DeviceName = "auto",
+) -> VideoPrediction:
+    """Predict every clip of one video (path, bytes or file object) and their mean.
+
+    ``metadata`` (from ``load_deployment``) gives labels, frames per clip, size and
+    normalization; without it the model card's defaults apply (48 frames, 112 px, ImageNet).
+    Raises the typed errors of ``emotion_model.video`` for a video that gives no clip.
+    """
+    predictor = model if isinstance(model, Predictor) else Predictor(
+        model, metadata, device=device
+    )
+    reader = ClipReader(
+        source,
+        num_frames=predictor.num_frames,
+        img_size=predictor.img_size,
+        clip_seconds=clip_seconds,
+        stride_seconds=stride_seconds,
+    )
+    clips, probs = [], []
+    pending = []
+    for clip in reader:
+        pending.append(clip)
+        if len(pending) == batch_size:
+            probs.append(predictor.probabilities(np.stack([c.frames for c in pending])))
+            clips += pending
+            pending = []
+    if pending:
+        probs.append(predictor.probabilities(np.stack([c.frames for c in pending])))
+        clips += pending
+    all_probs = np.concatenate(probs)
+    labels = predictor.labels
+    per_clip = []
+    for clip, p in zip(clips, all_probs, strict=True):
+        label, conf, named = label_probabilities(p, labels)
+        per_clip.append(ClipPrediction(clip.index, clip.start_s, clip.end_s, label, conf, named))
+    label, conf, named = label_probabilities(all_probs.mean(axis=0), labels)
+    info = reader.info
+    return VideoPrediction(
+        uri=info.uri,
+        clips=per_clip,
+        label=label,
+        confidence=conf,
+        probabilities=named,
+        duration_s=info.duration_s,
+        partial=info.partial,
+        partial_reason=info.partial_reason,
+        model_version=predictor.model_version,
+    )

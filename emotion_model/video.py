@@ -1,0 +1,366 @@
+"""Decode a video once, front to back, into fixed-size clips of uint8 RGB frames (PyAV).
+
+::
+
+    path | file object
+        -> PyAV demux + threaded decode (every frame once, no seeking)
+        -> clip windows: [k * stride, k * stride + clip_seconds), or one window for a short video
+        -> per window, num_frames target times spread uniformly; each takes the frame on screen
+           at that time (presentation time, so variable frame rates sample correctly)
+        -> swscale resize + RGB conversion of the chosen frames only
+        -> Clip(frames uint8 [T, H, W, 3] in 0..255, start_s, end_s)
+
+Memory is bounded by the open windows (at most ceil(clip / stride) + 1 clips of small frames),
+whatever the video's length or resolution. Failures are typed (``emotion_model.errors``): an
+empty file, data that is not a readable container, no video stream, zero decodable frames. A
+video whose data breaks off part way keeps the clips decoded before the break and reports
+``partial=True`` with the reason.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO, Literal
+
+import av
+import numpy as np
+
+from emotion_model.errors import (
+    CorruptVideoError,
+    EmptyVideoError,
+    NoDecodableFramesError,
+    NoVideoStreamError,
+)
+
+log = logging.getLogger(__name__)
+
+VideoSource = str | os.PathLike[str] | IO[bytes] | bytes
+Interpolation = Literal["FAST_BILINEAR", "BILINEAR", "BICUBIC", "AREA", "POINT"]
+ThreadType = Literal["AUTO", "FRAME", "SLICE", "NONE"]
+
+# Demuxers that hold one picture, not a video: refused as "a still image".
+_IMAGE_FORMATS = {"image2", "image2pipe", "mjpeg_2000", "apng"}
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One clip: ``frames`` uint8 ``[T, H, W, 3]`` RGB in 0..255, seconds from the first frame."""
+
+    index: int
+    start_s: float
+    end_s: float
+    frames: np.ndarray
+
+
+@dataclass
+class VideoInfo:
+    """What decoding learnt about a video; complete once its clips have all been read."""
+
+    uri: str
+    width: int = 0
+    height: int = 0
+    codec: str = ""
+    container: str = ""
+    duration_s: float = 0.0
+    frames_decoded: int = 0
+    clips: int = 0
+    partial: bool = False
+    partial_reason: str | None = None
+
+
+@dataclass
+class _Window:
+    index: int
+    start: float  # seconds from the first frame
+    end: float
+    targets: np.ndarray  # [T] target times, ascending
+    frames: list[np.ndarray | None] = field(default_factory=list)
+    filled: int = 0
+
+
+def plan_targets(start: float, length: float, num_frames: int) -> np.ndarray:
+    """``num_frames`` times spread uniformly over ``[start, start + length)`` (bin centres)."""
+    return start + (np.arange(num_frames) + 0.5) * (length / num_frames)
+
+
+class ClipReader:
+    """Iterate the clips of one video, decoding it once; ``info`` is filled as it goes.
+
+    Args:
+        source: a local path, bytes, or a binary file object (seekable is best).
+        num_frames: frames per clip (T).
+        img_size: output height and width (frames are resized, not cropped).
+        clip_seconds: window length; a shorter video gives one clip over its whole length.
+        stride_seconds: distance between window starts (default: ``clip_seconds``).
+        uri: name used in error messages (defaults to the path).
+        threads: decoder threads (0: FFmpeg chooses); ``thread_type`` picks frame/slice threads.
+        interpolation: swscale filter for the resize.
+        max_clips: stop after this many clips (None: all).
+
+    Raises (when iterated): EmptyVideoError, CorruptVideoError, NoVideoStreamError,
+    NoDecodableFramesError.
+    """
+
+    def __init__(
+        self,
+        source: VideoSource,
+        *,
+        num_frames: int = 48,
+        img_size: int = 112,
+        clip_seconds: float = 4.0,
+        stride_seconds: float | None = None,
+        uri: str | None = None,
+        threads: int = 0,
+        thread_type: ThreadType = "AUTO",
+        interpolation: Interpolation = "BILINEAR",
+        max_clips: int | None = None,
+    ) -> None:
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        if img_size < 8:
+            raise ValueError(f"img_size must be >= 8, got {img_size}")
+        if not clip_seconds > 0:
+            raise ValueError(f"clip_seconds must be > 0, got {clip_seconds}")
+        stride = clip_seconds if stride_seconds is None else stride_seconds
+        if not stride > 0:
+            raise ValueError(f"stride_seconds must be > 0, got {stride_seconds}")
+        self.source = source
+        self.num_frames = num_frames
+        self.img_size = img_size
+        self.clip_seconds = float(clip_seconds)
+        self.stride_seconds = float(stride)
+        self.threads = threads
+        self.thread_type = thread_type
+        self.interpolation = interpolation
+        self.max_clips = max_clips
+        name = uri or (os.fspath(source) if isinstance(source, str | os.PathLike) else None)
+        self.info = VideoInfo(uri=name or getattr(source, "name", None) or "<video>")
+
+    # -- opening ----------------------------------------------------------------------------
+    def _open(self) -> av.container.InputContainer:
+        uri = self.info.uri
+        src: object = self.source
+        if isinstance(src, bytes | bytearray):
+            if not src:
+                raise EmptyVideoError(uri, "empty file (0 bytes)")
+            src = io.BytesIO(src)
+        elif isinstance(src, str | os.PathLike):
+            try:
+                size = os.path.getsize(src)
+            except FileNotFoundError:
+                raise CorruptVideoError(uri, "no such file") from None
+            except OSError as exc:
+                raise CorruptVideoError(uri, f"unreadable: {exc.strerror or exc}") from None
+            if size == 0:
+                raise EmptyVideoError(uri, "empty file (0 bytes)")
+        else:
+            try:
+                pos = src.tell()  # type: ignore[attr-defined]
+                end = src.seek(0, io.SEEK_END)  # type: ignore[attr-defined]
+                src.seek(pos)  # type: ignore[attr-defined]
+                if end == 0:
+                    raise EmptyVideoError(uri, "empty file (0 bytes)")
+            except (AttributeError, OSError, io.UnsupportedOperation):
+                pass
+        try:
+            return av.open(src, mode="r", metadata_errors="ignore")  # type: ignore[arg-type]
+        except PermissionError:
+            raise CorruptVideoError(uri, "permission denied") from None
+        except (av.error.FFmpegError, OSError, ValueError, UnicodeDecodeError) as exc:
+            raise CorruptVideoError(
+                uri, f"not a readable video container ({_one_line(exc)})"
+            ) from None
+
+    # -- iteration ----------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[Clip]:
+        container = self._open()
+        try:
+            yield from self._decode(container)
+        finally:
+            container.close()
+
+    def _decode(self, container: av.container.InputContainer) -> Iterator[Clip]:
+        info = self.info
+        info.container = container.format.name
+        fmt_names = set(container.format.name.split(","))
+        if not container.streams.video:
+            kinds = ", ".join(sorted({s.type for s in container.streams})) or "nothing"
+            raise NoVideoStreamError(info.uri, f"no video stream (the file holds {kinds})")
+        if fmt_names & _IMAGE_FORMATS or any(n.endswith("_pipe") for n in fmt_names):
+            raise NoVideoStreamError(
+                info.uri, f"a still image ({container.format.name}), not a video"
+            )
+        stream = container.streams.video[0]
+        stream.thread_type = self.thread_type
+        if self.threads:
+            stream.thread_count = self.threads
+        ctx = stream.codec_context
+        info.codec, info.width, info.height = ctx.name, ctx.width, ctx.height
+        meta_duration = _metadata_duration(container, stream)
+        rate = stream.average_rate or stream.guessed_rate
+        nominal_dt = 1.0 / float(rate) if rate else None
+        # Short (or unknown-length) videos: keep every small frame of the first clip_seconds,
+        # so a video shorter than one clip is sampled over its real length.
+        keep_all = meta_duration is None or meta_duration < self.clip_seconds + 1e-3
+        kept: list[tuple[float, np.ndarray]] = []
+
+        windows: list[_Window] = []
+        next_window = 0
+        emitted = 0
+        t0: float | None = None
+        prev_t: float | None = None
+        prev_frame: av.VideoFrame | None = None
+        prev_image: np.ndarray | None = None
+        diffs: list[float] = []
+        error: str | None = None
+
+        def image_of(frame: av.VideoFrame) -> np.ndarray:
+            return _to_rgb(frame, self.img_size, self.interpolation)
+
+        def assign(until: float) -> Iterator[Clip]:
+            """Give the previous frame to every target time before ``until``."""
+            nonlocal next_window, emitted, prev_image
+            while next_window * self.stride_seconds < until:
+                start = next_window * self.stride_seconds
+                windows.append(
+                    _Window(
+                        next_window, start, start + self.clip_seconds,
+                        plan_targets(start, self.clip_seconds, self.num_frames),
+                        [None] * self.num_frames,
+                    )
+                )
+                next_window += 1
+            for win in list(windows):
+                while win.filled < self.num_frames and win.targets[win.filled] < until:
+                    if prev_image is None:
+                        prev_image = image_of(prev_frame)  # type: ignore[arg-type]
+                    win.frames[win.filled] = prev_image
+                    win.filled += 1
+                if win.filled == self.num_frames:
+                    windows.remove(win)
+                    emitted += 1
+                    yield Clip(win.index, win.start, win.end, np.stack(win.frames))  # type: ignore[arg-type]
+
+        frame_index = 0
+        try:
+            for frame in container.decode(stream):
+                t = frame.time
+                if t is None:
+                    t = frame_index * (nominal_dt or 1 / 30)
+                frame_index += 1
+                if t0 is None:
+                    t0 = t
+                rel = t - t0
+                if prev_t is not None and rel <= prev_t:
+                    continue  # a duplicate or out-of-order timestamp: keep the first frame
+                if prev_frame is not None:
+                    diffs.append(rel - prev_t)  # type: ignore[operator]
+                    yield from assign(rel)
+                    if self.max_clips is not None and emitted >= self.max_clips:
+                        break
+                prev_t, prev_frame, prev_image = rel, frame, None
+                info.frames_decoded += 1
+                if keep_all and rel < self.clip_seconds:
+                    prev_image = image_of(frame)
+                    kept.append((rel, prev_image))
+        except av.error.FFmpegError as exc:
+            error = _one_line(exc)
+        except (MemoryError, OSError) as exc:
+            error = _one_line(exc)
+
+        if prev_frame is None:
+            if error is not None:
+                raise CorruptVideoError(info.uri, f"no frame could be decoded ({error})")
+            raise NoDecodableFramesError(info.uri, "the video stream holds no decodable frame")
+
+        frame_dt = float(np.median(diffs)) if diffs else (nominal_dt or 0.0)
+        end = prev_t + frame_dt  # type: ignore[operator]
+        info.duration_s = float(end)
+        if self.max_clips is None or emitted < self.max_clips:
+            # The last frame stays on screen for one frame duration; windows that end within
+            # half a frame of the video's end are complete.
+            yield from assign(end)
+            for win in list(windows):
+                if win.end <= end + frame_dt / 2 + 1e-6 and error is None:
+                    while win.filled < self.num_frames:
+                        if prev_image is None:
+                            prev_image = image_of(prev_frame)
+                        win.frames[win.filled] = prev_image
+                        win.filled += 1
+                    emitted += 1
+                    yield Clip(win.index, win.start, win.end, np.stack(win.frames))  # type: ignore[arg-type]
+            if emitted == 0:
+                yield self._whole_video_clip(kept, windows, end, prev_frame, prev_image)
+                emitted = 1
+        info.clips = emitted
+        if error is not None:
+            info.partial, info.partial_reason = True, f"decoding stopped at {end:.2f}s: {error}"
+        elif meta_duration and end < 0.9 * meta_duration - 0.5:
+            info.partial = True
+            info.partial_reason = f"stream ends at {end:.2f}s of {meta_duration:.2f}s"
+        if info.partial:
+            log.info("%s: partly decoded: %s", info.uri, info.partial_reason)
+
+    def _whole_video_clip(
+        self,
+        kept: list[tuple[float, np.ndarray]],
+        windows: list[_Window],
+        end: float,
+        last_frame: av.VideoFrame,
+        last_image: np.ndarray | None,
+    ) -> Clip:
+        """One clip spread over the whole (short) video."""
+        if kept:
+            times = np.array([t for t, _ in kept])
+            targets = plan_targets(0.0, end, self.num_frames)
+            idx = np.clip(np.searchsorted(times, targets, side="right") - 1, 0, len(kept) - 1)
+            return Clip(0, 0.0, end, np.stack([kept[i][1] for i in idx]))
+        # Metadata promised a longer video than the data holds: resample what window 0 got.
+        got = [f for f in (windows[0].frames if windows else []) if f is not None]
+        if not got:
+            got = [last_image if last_image is not None else _to_rgb(
+                last_frame, self.img_size, self.interpolation)]
+        idx = np.round(np.linspace(0, len(got) - 1, self.num_frames)).astype(int)
+        return Clip(0, 0.0, end, np.stack([got[i] for i in idx]))
+
+
+def _to_rgb(frame: av.VideoFrame, size: int, interpolation: str) -> np.ndarray:
+    """Resize in swscale and convert to RGB: uint8 ``[size, size, 3]``, upright."""
+    image = frame.to_ndarray(width=size, height=size, format="rgb24", interpolation=interpolation)
+    rotation = getattr(frame, "rotation", 0) or 0
+    if rotation % 360:
+        # Display-matrix rotation is counter-clockwise; turn the picture upright.
+        image = np.ascontiguousarray(np.rot90(image, k=int(round(rotation / 90)) % 4))
+    return image
+
+
+def _metadata_duration(
+    container: av.container.InputContainer, stream: av.VideoStream
+) -> float | None:
+    if stream.duration is not None and stream.time_base is not None:
+        seconds = float(stream.duration * stream.time_base)
+        if seconds > 0:
+            return seconds
+    if container.duration is not None and container.duration > 0:
+        return container.duration / av.time_base
+    if stream.frames and (stream.average_rate or 0) > 0:
+        return stream.frames / float(stream.average_rate)
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:300]
+
+
+def read_clips(
+    source: VideoSource, **kwargs: object
+) -> tuple[list[Clip], VideoInfo]:
+    """Decode every clip of a video at once: ``(clips, info)``. See ``ClipReader``'s arguments."""
+    reader = ClipReader(source, **kwargs)  # type: ignore[arg-type]
+    clips = list(reader)
+    return clips, reader.info

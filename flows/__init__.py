@@ -1,0 +1,1 @@
+"""Prefect flows (orchestration only) and the ``emotion-pipeline`` command line."""

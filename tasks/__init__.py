@@ -1,0 +1,1 @@
+"""Units of work of the pipeline: listing, inference, Parquet sinks and training helpers."""
