@@ -273,7 +273,14 @@ def load_deployment(
         model = EmotionClassifier(**arch)
     except (TypeError, ValueError) as exc:
         raise ArchitectureMismatchError(name, f"bad architecture {arch}: {exc}") from exc
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # strict=False still refuses tensors of another shape
+        first = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln),
+                     str(exc).splitlines()[0])
+        raise ArchitectureMismatchError(
+            name, f"weights do not fit the architecture {arch}: {first}"
+        ) from exc
     problems = [f"missing {k}" for k in result.missing_keys]
     problems += [f"unexpected {k}" for k in result.unexpected_keys]
     if problems:

@@ -307,7 +307,7 @@ class _Expression:
     mouth_open: float = 0.0  # half-height of the dark opening at the middle
     mouth_width: float = 0.27  # half-width
     mouth_asym: float = 0.0  # right corner raised (disgust)
-    lip: float = 0.03  # half-thickness of the lips
+    lip: float = 0.04  # half-thickness of the lips
     teeth: float = 0.0  # upper teeth shown in the opening
     wrinkle: float = 0.0  # nose wrinkle lines
     blush: float = 0.0  # raised cheeks
@@ -323,17 +323,17 @@ class _Expression:
 _NEUTRAL = _Expression()
 _EXPRESSIONS: dict[str, _Expression] = {
     "neutral": _NEUTRAL,
-    "happy": replace(_NEUTRAL, eye_open=0.06, brow_raise=0.02, mouth_curve=0.17,
-                     mouth_open=0.075, mouth_width=0.36, teeth=1.0, blush=1.0),
-    "sad": replace(_NEUTRAL, eye_open=0.055, brow_raise=0.02, brow_inner=-0.10,
-                   mouth_curve=-0.14, mouth_width=0.25, lip=0.035),
-    "angry": replace(_NEUTRAL, eye_open=0.05, brow_raise=-0.09, brow_inner=0.11,
-                     mouth_curve=-0.01, mouth_width=0.17, lip=0.017),
-    "fearful": replace(_NEUTRAL, eye_open=0.16, brow_raise=0.13, brow_inner=-0.03,
-                       mouth_curve=-0.03, mouth_open=0.15, mouth_width=0.16, lip=0.025),
+    "happy": replace(_NEUTRAL, eye_open=0.06, brow_raise=0.02, mouth_curve=0.2,
+                     mouth_open=0.1, mouth_width=0.38, teeth=1.0, blush=1.0),
+    "sad": replace(_NEUTRAL, eye_open=0.055, brow_raise=0.02, brow_inner=-0.13,
+                   mouth_curve=-0.18, mouth_width=0.25, lip=0.045),
+    "angry": replace(_NEUTRAL, eye_open=0.05, brow_raise=-0.09, brow_inner=0.14,
+                     mouth_curve=-0.02, mouth_width=0.16, lip=0.03),
+    "fearful": replace(_NEUTRAL, eye_open=0.17, brow_raise=0.15, brow_inner=-0.03,
+                       mouth_curve=-0.03, mouth_open=0.17, mouth_width=0.17, lip=0.03),
     "disgust": replace(_NEUTRAL, eye_open=0.035, brow_raise=-0.04, brow_inner=0.03,
-                       mouth_curve=-0.03, mouth_open=0.03, mouth_width=0.26,
-                       mouth_asym=0.13, lip=0.035, wrinkle=1.0),
+                       mouth_curve=-0.04, mouth_open=0.03, mouth_width=0.26,
+                       mouth_asym=0.17, lip=0.045, wrinkle=1.0),
 }
 
 
@@ -482,9 +482,9 @@ def render_face_clip(
     start, full = rng.uniform(0.03, 0.1), rng.uniform(0.24, 0.32)
     onset = _smoothstep((frac - start) / (full - start))
     drift = rng.uniform(-0.015, 0.015, 2) * scale
-    bob_amp, bob_hz, bob_phase = rng.uniform(0.005, 0.015) * scale, rng.uniform(0.3, 1.0), \
+    bob_amp, bob_hz, bob_phase = rng.uniform(0.004, 0.012) * scale, rng.uniform(0.3, 1.0), \
         rng.uniform(0, 2 * np.pi)
-    tilt_amp, tilt_hz = np.deg2rad(rng.uniform(0, 4)), rng.uniform(0.1, 0.4)
+    tilt_amp, tilt_hz = np.deg2rad(rng.uniform(0, 3)), rng.uniform(0.1, 0.4)
     cx = actor.cx * width + drift[0] * frac
     cy = actor.cy * height + drift[1] * frac + bob_amp * np.sin(2 * np.pi * bob_hz * t_s + bob_phase)
     angle = tilt_amp * np.sin(2 * np.pi * tilt_hz * t_s + rng.uniform(0, 2 * np.pi))
@@ -609,27 +609,27 @@ def _draw_face(
     # eyes: white, iris clipped to the eye, eyelid crease above
     eye_h = max(expr.eye_open * blink, 0.008)
     ex, ey = actor.eye_x, actor.eye_y
-    reg = head.region(-ex - 0.2, ex + 0.2, ey - eye_h - 0.06, ey + eye_h + 0.03)
+    reg = head.region(-ex - 0.22, ex + 0.22, ey - eye_h - 0.06, ey + eye_h + 0.03)
     if reg is not None:
         img, u, v = reg
         au = np.abs(u)
-        eu, ev = (au - ex) / 0.16, (v - ey) / eye_h
+        eu, ev = (au - ex) / 0.18, (v - ey) / eye_h
         eye_a = _alpha((np.sqrt(eu * eu + ev * ev) - 1) * eye_h * ry)
         _paint(img, eye_a, _WHITE)
         iris = np.sqrt((au - ex) ** 2 * (rx / ry) ** 2 + (v - ey) ** 2)
         _paint(img, np.minimum(eye_a, _alpha((iris - 0.07) * ry)), colors.iris)
         lid_v = ey - eye_h - 0.025
-        lid = np.maximum((np.abs(au - ex) - 0.17) * rx, (np.abs(v - lid_v) - 0.012) * ry)
+        lid = np.maximum((np.abs(au - ex) - 0.19) * rx, (np.abs(v - lid_v) - 0.012) * ry)
         _paint(img, _alpha(lid) * 0.6, colors.eyelid)
 
     # brows: a thick bar above each eye, tilted by brow_inner
-    by = ey - 0.2 - expr.brow_raise
-    reach = abs(expr.brow_inner) + 0.05
-    if (reg := head.region(-ex - 0.22, ex + 0.22, by - reach, by + reach)) is not None:
+    by = ey - 0.22 - expr.brow_raise
+    reach = abs(expr.brow_inner) + 0.07
+    if (reg := head.region(-ex - 0.25, ex + 0.25, by - reach, by + reach)) is not None:
         img, u, v = reg
         au = np.abs(u)
         brow_v = by + expr.brow_inner * (ex - au) / 0.2
-        brow = np.maximum((np.abs(au - ex) - 0.2) * rx, (np.abs(v - brow_v) - 0.035) * ry)
+        brow = np.maximum((np.abs(au - ex) - 0.22) * rx, (np.abs(v - brow_v) - 0.05) * ry)
         _paint(img, _alpha(brow), colors.brow)
 
     # nose shading and disgust wrinkles

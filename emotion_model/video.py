@@ -44,6 +44,8 @@ ThreadType = Literal["AUTO", "FRAME", "SLICE", "NONE"]
 
 # Demuxers that hold one picture, not a video: refused as "a still image".
 _IMAGE_FORMATS = {"image2", "image2pipe", "mjpeg_2000", "apng"}
+# Demuxers that draw any text file (.txt, .nfo, .asc...) as ANSI art: refused as "not a video".
+_TEXT_FORMATS = {"tty", "bin", "xbin", "adf", "idf"}
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,10 @@ class ClipReader:
         info = self.info
         info.container = container.format.name
         fmt_names = set(container.format.name.split(","))
+        if fmt_names & _TEXT_FORMATS:
+            raise CorruptVideoError(
+                info.uri, f"not a video: text or ANSI art ({container.format.name} demuxer)"
+            )
         if not container.streams.video:
             kinds = ", ".join(sorted({s.type for s in container.streams})) or "nothing"
             raise NoVideoStreamError(info.uri, f"no video stream (the file holds {kinds})")
@@ -341,15 +347,19 @@ def _to_rgb(frame: av.VideoFrame, size: int, interpolation: str) -> np.ndarray:
 def _metadata_duration(
     container: av.container.InputContainer, stream: av.VideoStream
 ) -> float | None:
+    by_count = (
+        stream.frames / float(stream.average_rate)
+        if stream.frames and (stream.average_rate or 0) > 0 else None
+    )
     if stream.duration is not None and stream.time_base is not None:
         seconds = float(stream.duration * stream.time_base)
         if seconds > 0:
-            return seconds
+            # A cut AVI: FFmpeg rebuilds the index (duration) from the data that is left,
+            # while the header still counts every frame written.
+            return max(seconds, by_count or 0.0)
     if container.duration is not None and container.duration > 0:
         return container.duration / av.time_base
-    if stream.frames and (stream.average_rate or 0) > 0:
-        return stream.frames / float(stream.average_rate)
-    return None
+    return by_count
 
 
 def _one_line(exc: BaseException) -> str:

@@ -46,6 +46,7 @@ __all__ = [
     "read_bytes",
     "remove_file",
     "resolve",
+    "retry_transient",
     "with_retries",
 ]
 
@@ -293,6 +294,16 @@ def is_transient(exc: BaseException) -> bool:
             return verdict
         current = current.__cause__ or current.__context__
     return False
+
+
+def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: retry a task only when it failed on a transient storage
+    error (a bad video is recorded as an ``errors`` row and never raises)."""
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception as raised:  # Prefect may re-raise instead of returning the exception
+        exc = raised
+    return isinstance(exc, BaseException) and is_transient(exc)
 
 
 def with_retries(

@@ -232,7 +232,9 @@ def test_check_writable_under_a_regular_file_fails(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
     uri = f"{blocker}/sub"
-    with pytest.raises(OutputNotWritableError, match=f"^{re.escape(uri)}: output location is not writable"):
+    with pytest.raises(
+        OutputNotWritableError, match=f"^{re.escape(uri)}: output location is not writable"
+    ):
         check_writable(uri, None)
 
 

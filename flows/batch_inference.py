@@ -1,0 +1,131 @@
+"""Flow ``batch-inference``: videos under an S3 prefix or a folder in, Parquet out.
+
+preflight (model loads, output writable) -> list + skip done + plan shards -> map the shard
+task, at most ``shard_concurrency`` at once -> commit the run summary. Wiring only: the work
+lives in ``tasks/``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.futures import as_completed
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import ValidationError
+
+from tasks.infer import ShardResult, infer_shard
+from tasks.planning import plan_run_task, preflight_task
+from tasks.settings import BatchSettings, format_validation_error
+from tasks.summary import build_summary, commit_run_summary
+
+MAX_SHARD_THREADS = 64
+"""Upper bound of the thread pool; ``shard_concurrency`` bounds what actually runs."""
+
+
+class RunFailedError(RuntimeError):
+    """Some shards could not be written; the summary lists them."""
+
+
+def make_settings(**parameters: Any) -> BatchSettings:
+    """Validate the flow's parameters; a bad one raises ValueError naming the field."""
+    try:
+        return BatchSettings(**parameters)
+    except ValidationError as exc:
+        raise ValueError(format_validation_error(exc)) from None
+
+
+def new_run_id() -> str:
+    """``YYYYMMDDTHHMMSSZ-<8 hex>``: sortable, unique, safe in object keys."""
+    now = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    run = flow_run.get_id()
+    return f"{now}-{(str(run) if run else uuid.uuid4().hex).replace('-', '')[:8]}"
+
+
+@flow(
+    name="batch-inference",
+    task_runner=ThreadPoolTaskRunner(max_workers=MAX_SHARD_THREADS),
+    validate_parameters=False,  # BatchSettings validates, with one clear message per field
+)
+def batch_inference(
+    source: str,
+    model: str,
+    output: str = "./outputs",
+    clip_seconds: float = 4.0,
+    stride_seconds: float | None = None,
+    batch_size: int = 8,
+    shard_size: int = 64,
+    device: str = "auto",
+    max_videos: int | None = None,
+    reprocess: bool = False,
+    storage_options: dict[str, Any] | None = None,
+    decode_threads: int = 2,
+    shard_concurrency: int = 1,
+) -> dict[str, Any]:
+    """Predict every new or changed video under ``source``; write Parquet under ``output``.
+
+    Args:
+        source: ``s3://bucket/prefix``, ``file:///path`` or a local folder of videos.
+        model: deployment file path/URI, or a model registry's ``production.json``.
+        output: folder or ``s3://`` prefix for predictions/, videos/, errors/ and runs/.
+        clip_seconds: clip window length; a shorter video is one clip.
+        stride_seconds: seconds between window starts (default: ``clip_seconds``).
+        batch_size: clips per model call.
+        shard_size: videos per shard task.
+        device: ``auto`` (GPU when present), ``cpu``, ``cuda`` or ``cuda:N``.
+        max_videos: process at most this many videos this run (the rest wait for the next).
+        reprocess: redo videos already recorded for this model version.
+        storage_options: s3fs options (``endpoint_url``, ``profile``, ``anon``...).
+        decode_threads: videos decoded at once within a shard.
+        shard_concurrency: shard tasks running at once.
+
+    Returns the run summary (also written to ``runs/<run_id>.json``).
+    """
+    settings = make_settings(
+        source=source, model=model, output=output, clip_seconds=clip_seconds,
+        stride_seconds=stride_seconds, batch_size=batch_size, shard_size=shard_size,
+        device=device, max_videos=max_videos, reprocess=reprocess,
+        storage_options=storage_options, decode_threads=decode_threads,
+        shard_concurrency=shard_concurrency,
+    )
+    logger = get_run_logger()
+    started = dt.datetime.now(dt.UTC)
+    run_id = new_run_id()
+    date = started.strftime("%Y-%m-%d")
+    logger.info("run %s: %s -> %s", run_id, settings.source, settings.output)
+
+    model_info = preflight_task(settings)
+    plan = plan_run_task(settings, model_info.model_version)
+
+    results: list[ShardResult] = []
+    failed: dict[int, str] = {}
+    running: dict[Any, int] = {}
+    queue = list(plan.shards)
+    while queue or running:
+        while queue and len(running) < settings.shard_concurrency:
+            shard = queue.pop(0)
+            future = infer_shard.submit(shard, settings, run_id, model_info.uri, date)
+            running[future] = shard.shard
+        future = next(iter(as_completed(list(running))))  # the first to finish
+        index = running.pop(future)
+        try:
+            results.append(future.result())
+        except Exception as exc:  # the shard's output could not be written, after retries
+            failed[index] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            logger.error("shard %d failed: %s", index, failed[index])
+
+    summary = build_summary(
+        run_id=run_id, settings=settings, model=model_info, plan=plan,
+        results=sorted(results, key=lambda r: r.shard), failed_shards=failed,
+        started_at=started, finished_at=dt.datetime.now(dt.UTC),
+    )
+    summary["summary_uri"] = commit_run_summary(summary, settings)
+    if failed:
+        raise RunFailedError(
+            f"{len(failed)} of {len(plan.shards)} shards failed to write; see "
+            f"{summary['summary_uri']}"
+        )
+    return summary

@@ -1,0 +1,115 @@
+"""Validated settings of the batch-inference flow, shared by the flow and its tasks."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+_SECRET_KEYS = ("secret", "key", "token", "password", "session")
+
+
+class BatchSettings(BaseModel):
+    """Parameters of one ``batch-inference`` run; every field is checked before any work."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str = Field(
+        description="Where the videos are: s3://bucket/prefix, file:///path or a local folder."
+    )
+    output: str = Field(
+        default="./outputs",
+        description="Where predictions/, videos/, errors/ and runs/ go (folder or s3:// prefix).",
+    )
+    model: str = Field(
+        description="Deployment file (.safetensors) path or URI, or a registry's production.json.",
+    )
+    clip_seconds: float = Field(default=4.0, gt=0, le=600, description="Clip window length.")
+    stride_seconds: float | None = Field(
+        default=None, gt=0, le=600, description="Seconds between window starts (default: clip)."
+    )
+    batch_size: int = Field(default=8, ge=1, le=1024, description="Clips per model call.")
+    shard_size: int = Field(default=64, ge=1, le=100_000, description="Videos per shard task.")
+    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
+    max_videos: int | None = Field(default=None, ge=1, description="Process at most this many.")
+    reprocess: bool = Field(default=False, description="Redo videos already recorded as done.")
+    storage_options: dict[str, Any] | None = Field(
+        default=None, description="fsspec/s3fs options (endpoint_url, profile, anon, ...)."
+    )
+    decode_threads: int = Field(
+        default=2, ge=1, le=64, description="Videos decoded at once per shard (decode pool)."
+    )
+    queue_depth: int | None = Field(
+        default=None, ge=1, le=4096, description="Decoded clips held in memory (2 x batch)."
+    )
+    shard_concurrency: int = Field(
+        default=1, ge=1, le=256, description="Shard tasks running at once on this machine."
+    )
+
+    @field_validator("source", "output", "model")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("must not be empty")
+        if "://" in value and not value.split("://", 1)[0].replace("+", "").isalnum():
+            raise ValueError(f"not a URI or path: {value!r}")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value in ("auto", "cpu", "cuda") or (
+            value.startswith("cuda:") and value[5:].isdigit()
+        ):
+            return value
+        raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {value!r}")
+
+    @model_validator(mode="after")
+    def _stride(self) -> BatchSettings:
+        if self.stride_seconds is not None and self.stride_seconds > 10 * self.clip_seconds:
+            raise ValueError("stride_seconds must be at most 10 x clip_seconds")
+        return self
+
+    @property
+    def clip_queue_depth(self) -> int:
+        """Bound of the decoded-clip queue."""
+        return self.queue_depth or 2 * self.batch_size
+
+    def public_dict(self) -> dict[str, Any]:
+        """The settings with secrets in storage_options masked (for logs and run summaries)."""
+        data = self.model_dump()
+        if data.get("storage_options"):
+            data["storage_options"] = mask_secrets(data["storage_options"])
+        return data
+
+
+def mask_secrets(options: Any) -> Any:
+    """A copy of ``options`` with every value under a secret-looking key replaced by ``***``."""
+    if isinstance(options, dict):
+        return {
+            k: "***" if any(s in str(k).lower() for s in _SECRET_KEYS) and k != "key_prefix"
+            else mask_secrets(v)
+            for k, v in options.items()
+        }
+    return options
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line naming each bad field: ``invalid parameter 'batch_size': ...``."""
+    parts = []
+    for error in exc.errors():
+        field = ".".join(str(p) for p in error.get("loc", ())) or "settings"
+        parts.append(f"invalid parameter {field!r}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+def local_path(uri: str) -> str | None:
+    """The local path of a plain path or file:// URI; None for remote URIs."""
+    if uri.startswith("file://"):
+        return uri[len("file://"):]
+    if "://" in uri:
+        return None
+    return os.path.abspath(uri)
