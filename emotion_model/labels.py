@@ -31,8 +31,8 @@ _CREMA_D_EMOTIONS = {
     "NEU": "neutral",
     "SAD": "sad",
 }
-_RAVDESS_RE = re.compile(r"^(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})$")
-_CREMA_D_RE = re.compile(r"^(\d{4})_([A-Za-z]{3})_([A-Za-z]{3})_([A-Za-z0-9]{2})$")
+_RAVDESS_RE = re.compile(r"(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})", re.ASCII)
+_CREMA_D_RE = re.compile(r"(\d{4})_([A-Za-z]{3})_([A-Za-z]{3})_([A-Za-z0-9]{2})", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def parse_ravdess(name: object) -> ParsedName | None:
     Returns None for a name that does not fit; never raises.
     """
     stem = _stem(name)
-    m = _RAVDESS_RE.match(stem or "")
+    m = _RAVDESS_RE.fullmatch(stem or "")
     if m is None:
         return None
     label = _RAVDESS_EMOTIONS.get(m.group(3))
@@ -88,7 +88,7 @@ def parse_crema_d(name: object) -> ParsedName | None:
     Fields: actor, sentence, emotion, level. Returns None for a name that does not fit.
     """
     stem = _stem(name)
-    m = _CREMA_D_RE.match(stem or "")
+    m = _CREMA_D_RE.fullmatch(stem or "")
     if m is None:
         return None
     label = _CREMA_D_EMOTIONS.get(m.group(3).upper())

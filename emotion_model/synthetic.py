@@ -376,10 +376,10 @@ def _actor(actor_seed: int) -> _Actor:
         lip=_NEUTRAL.lip + rng.uniform(-0.005, 0.008),
     )
     return _Actor(
-        face_rx=rng.uniform(0.23, 0.27),
-        aspect=rng.uniform(1.22, 1.38),
+        face_rx=rng.uniform(0.29, 0.32),
+        aspect=rng.uniform(1.18, 1.28),
         cx=0.5 + rng.uniform(-0.03, 0.03),
-        cy=0.47 + rng.uniform(-0.02, 0.02),
+        cy=0.5 + rng.uniform(-0.02, 0.02),
         skin=np.clip(skin, 0, 255).astype(np.float32),
         hair=np.clip(hair, 0, 255).astype(np.float32),
         iris=np.asarray(iris, np.float32),

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -82,6 +83,28 @@ class _Window:
     targets: np.ndarray  # [T] target times, ascending
     frames: list[np.ndarray | None] = field(default_factory=list)
     filled: int = 0
+
+
+def plan_window_starts(
+    duration: float | None, clip_seconds: float, stride_seconds: float
+) -> list[float]:
+    """Window starts for a video of ``duration`` seconds (from its metadata).
+
+    Windows of ``clip_seconds`` every ``stride_seconds`` that fit in the video, plus one window
+    aligned to the end when the uncovered tail is at least half a stride. A video shorter
+    than one clip gets ``[0.0]`` (then sampled over its real length). Unknown duration: ``[]``
+    (windows are then opened as the frames arrive).
+    """
+    if duration is None:
+        return []
+    if duration < clip_seconds:
+        return [0.0]
+    count = int(math.floor((duration - clip_seconds) / stride_seconds + 1e-6)) + 1
+    starts = [float(k * stride_seconds) for k in range(count)]
+    tail = duration - (starts[-1] + clip_seconds)
+    if tail >= stride_seconds / 2 - 1e-6:
+        starts.append(duration - clip_seconds)
+    return starts
 
 
 def plan_targets(start: float, length: float, num_frames: int) -> np.ndarray:
@@ -214,6 +237,7 @@ class ClipReader:
         keep_all = meta_duration is None or meta_duration < self.clip_seconds + 1e-3
         kept: list[tuple[float, np.ndarray]] = []
 
+        starts = plan_window_starts(meta_duration, self.clip_seconds, self.stride_seconds)
         windows: list[_Window] = []
         next_window = 0
         emitted = 0
@@ -230,8 +254,13 @@ class ClipReader:
         def assign(until: float) -> Iterator[Clip]:
             """Give the previous frame to every target time before ``until``."""
             nonlocal next_window, emitted, prev_image
-            while next_window * self.stride_seconds < until:
-                start = next_window * self.stride_seconds
+            while next_window < len(starts) or meta_duration is None:
+                if next_window < len(starts):
+                    start = starts[next_window]
+                else:
+                    start = next_window * self.stride_seconds
+                if start >= until:
+                    break
                 windows.append(
                     _Window(
                         next_window, start, start + self.clip_seconds,

@@ -162,7 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
+    from flows import cli_run
+
+    return [cli_run.register]
+
+
+_EXTRA_COMMANDS = _extra_commands()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -183,6 +189,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         err.print(f"error: {exc}", markup=False, highlight=False)
         return 2
+    except Exception as exc:  # the run itself failed (its summary says why)
+        text = " ".join(str(exc).split())
+        err.print(f"error: {type(exc).__name__}: {text}", markup=False, highlight=False)
+        return 1
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130

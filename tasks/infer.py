@@ -37,6 +37,7 @@ from emotion_model.errors import VideoError
 from emotion_model.labels import EMOTION_LABELS
 from emotion_model.predict import Predictor, label_probabilities
 from emotion_model.video import Clip, ClipReader, VideoInfo
+from tasks import progress
 from tasks.listing import VideoObject
 from tasks.planning import ShardPlan
 from tasks.settings import BatchSettings
@@ -362,20 +363,6 @@ def merge_results(results: list[ShardResult]) -> dict[str, Any]:
 
 
 # --- Prefect task -----------------------------------------------------------------------------
-ProgressListener = Callable[[VideoObject, bool], None]
-_PROGRESS_LISTENERS: list[ProgressListener] = []
-
-
-def add_progress_listener(listener: ProgressListener) -> Callable[[], None]:
-    """Call ``listener(video, ok)`` as each video of an in-process run completes.
-
-    Returns a function that removes it. The CLI's progress bar uses this; runs on remote
-    workers report progress through the Prefect run logs.
-    """
-    _PROGRESS_LISTENERS.append(listener)
-    return lambda: _PROGRESS_LISTENERS.remove(listener)
-
-
 @task(
     name="infer-shard",
     task_run_name="infer-shard-{shard.shard}",
@@ -397,8 +384,7 @@ def infer_shard(
 
     def on_video_done(video: VideoObject, ok: bool) -> None:
         done[0] += 1
-        for listener in list(_PROGRESS_LISTENERS):
-            listener(video, ok)
+        progress.emit("video", uri=video.uri, ok=ok)
         if done[0] % step == 0 or done[0] == total:
             logger.info("shard %d: %d/%d videos", shard.shard, done[0], total)
 

@@ -13,6 +13,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from emotion_model.errors import CheckpointError
+from tasks import progress
 from tasks.listing import Listing, VideoObject, list_videos
 from tasks.settings import BatchSettings
 from tasks.sink import read_done_keys
@@ -147,6 +148,7 @@ def _preflight_task(settings: BatchSettings) -> ModelInfo:
 
 def _plan_task(settings: BatchSettings, model_version: str) -> RunPlan:
     plan = plan_run(settings, model_version)
+    progress.emit("planned", total=plan.to_process)
     get_run_logger().info(
         "listed %d videos under %s (%d other objects skipped); %d already done; "
         "%d to process in %d shards of up to %d",

@@ -1,0 +1,45 @@
+"""Fixtures for the emotion_model tests: one CPU thread, a seeded small model, encoded videos."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from emotion_model.model import EmotionClassifier, build_model
+from emotion_model.synthetic import encode_video, make_test_pattern
+
+_SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread; two threads thrash when another process runs."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+@pytest.fixture(scope="module")
+def small_model() -> EmotionClassifier:
+    """The width-16 variant, seeded, in eval mode."""
+    torch.manual_seed(0)
+    return build_model("small").eval()
+
+
+@pytest.fixture(scope="session")
+def long_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """20 s of 64x64 H.264 at 10 fps: five 4-second clips."""
+    path = tmp_path_factory.mktemp("videos") / "long_20s.mp4"
+    return encode_video(path, make_test_pattern(200, 64, 64, seed=3), fps=10)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real RAVDESS / CREMA-D clips in ``../shared/data`` (read only); skip when absent."""
+    if not (_SHARED_DATA / "crema_d").is_dir() or not (_SHARED_DATA / "ravdess").is_dir():
+        pytest.skip(f"no real clips at {_SHARED_DATA}")
+    return _SHARED_DATA
