@@ -385,7 +385,7 @@ def _actor(actor_seed: int) -> _Actor:
         iris=np.asarray(iris, np.float32),
         shirt=rng.uniform(30, 220, 3).astype(np.float32),
         background=background.astype(np.float32),
-        hairline=rng.uniform(-0.62, -0.4),
+        hairline=rng.uniform(-0.75, -0.6),
         eye_x=rng.uniform(0.33, 0.39),
         eye_y=rng.uniform(-0.14, -0.08),
         mouth_y=rng.uniform(0.42, 0.5),

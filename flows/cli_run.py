@@ -19,6 +19,7 @@ err = Console(stderr=True)
 def _quiet_prefect(verbose: bool) -> None:
     if not verbose:  # the progress bar replaces Prefect's per-task log lines
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def run_flow(params: dict[str, Any], *, show_progress: bool = True) -> dict[str, Any]:

@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+# --- Prefect: its ephemeral local server, in a private home ---------------------------------------
+# Set before anything imports prefect: the tests never touch the user's ~/.prefect or a server.
+import os as _os
+import tempfile as _tempfile
+
+_PREFECT_HOME = _tempfile.mkdtemp(prefix="emotion-pipeline-prefect-")
+_os.environ.setdefault("PREFECT_HOME", _PREFECT_HOME)
+_os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+_os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+_os.environ.pop("PREFECT_API_URL", None)
+
 # --- S3 through a local moto server --------------------------------------------------------------
 # The pipeline reaches this server exactly as it reaches AWS: s3fs/boto3 with an endpoint_url.
 import logging

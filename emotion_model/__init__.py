@@ -1,0 +1,36 @@
+"""emotion_model: the SlowFast-R50 + SE emotion classifier, usable without Prefect or S3.
+
+Public names are imported lazily, so ``import emotion_model.labels`` stays light (no torch).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "EMOTION_LABELS": "emotion_model.labels",
+    "parse_ravdess": "emotion_model.labels",
+    "parse_crema_d": "emotion_model.labels",
+    "EmotionClassifier": "emotion_model.model",
+    "build_model": "emotion_model.model",
+    "ClipReader": "emotion_model.video",
+    "read_clips": "emotion_model.video",
+    "normalize": "emotion_model.preprocess",
+    "save_deployment": "emotion_model.checkpoint",
+    "load_deployment": "emotion_model.checkpoint",
+    "save_training_checkpoint": "emotion_model.checkpoint",
+    "load_training_checkpoint": "emotion_model.checkpoint",
+    "Predictor": "emotion_model.predict",
+    "predict_video": "emotion_model.predict",
+    "export_model": "emotion_model.export",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'emotion_model' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
