@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-dev demo test lint bench bench-quick clean
+.PHONY: install install-dev install-bench demo test lint bench bench-quick clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -25,10 +25,13 @@ test: install-dev  ## the whole test suite (what CI runs)
 lint: install-dev
 	$(BIN)/ruff check .
 
-bench: install-dev  ## throughput: pipeline vs model-only vs decode-only, small and R50
+install-bench: $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev,bench]'
+
+bench: install-bench  ## throughput: pipeline vs model card vs model-only vs decode-only
 	$(BIN)/python bench/throughput.py
 
-bench-quick: install-dev
+bench-quick: install-bench
 	$(BIN)/python bench/throughput.py --quick
 
 clean:

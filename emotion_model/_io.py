@@ -17,10 +17,10 @@ def source_name(source: Any) -> str:
     """A printable name for a path, URI, bytes or file object."""
     if isinstance(source, bytes | bytearray):
         return "<bytes>"
+    if isinstance(source, str | os.PathLike):  # before .name: a Path's name is its basename
+        return os.fsdecode(source)
     name = getattr(source, "name", None)
-    if isinstance(name, str):
-        return name
-    return os.fspath(source) if isinstance(source, str | os.PathLike) else repr(source)
+    return name if isinstance(name, str) else repr(source)
 
 
 def _is_remote(text: str) -> bool:

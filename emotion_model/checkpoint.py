@@ -153,7 +153,11 @@ def _torch_load_safe(name: str, data: bytes) -> Any:
 
 
 def _is_torch_file(data: bytes) -> bool:
-    return data[:4] == b"PK\x03\x04" or data[:1] == b"\x80"
+    if data[:4] == b"PK\x03\x04":
+        return True
+    # A pickle starts with 0x80 (PROTO), but so does a safetensors file whose header length is
+    # 128 mod 256; its JSON header starts at byte 8.
+    return data[:1] == b"\x80" and data[8:9] != b"{"
 
 
 def read_state_dict(source: Source) -> dict[str, Tensor]:

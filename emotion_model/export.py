@@ -102,10 +102,10 @@ def export_torchscript(
         traced = torch.jit.trace(model, (x,), check_trace=False)
     buffer = io.BytesIO()
     extra = {"metadata.json": json.dumps(dict(metadata), default=str)}
-    torch.jit.save(traced, buffer, _extra_files=extra)
-    buffer.seek(0)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # torch.jit.save/load warn that TorchScript is deprecated
         warnings.simplefilter("ignore")
+        torch.jit.save(traced, buffer, _extra_files=extra)
+        buffer.seek(0)
         loaded = torch.jit.load(buffer, map_location="cpu")
     worst = 0.0
     for batch, seed in ((1, 1), (3, 2)):

@@ -32,6 +32,7 @@ with warnings.catch_warnings():  # fvcore / pytorchvideo import torch.jit.script
     from pytorchvideo.models.resnet import create_bottleneck_block
     from pytorchvideo.models.slowfast import create_slowfast
 
+from emotion_model._io import source_name
 from emotion_model.errors import ArchitectureMismatchError, CheckpointError
 from emotion_model.labels import EMOTION_LABELS
 
@@ -191,7 +192,7 @@ def load_kinetics_backbone(
     blocks, which Kinetics weights do not have). Raises ArchitectureMismatchError when a
     tensor's shape differs (e.g. weights of another width or depth).
     """
-    name = getattr(source, "name", None) or str(source)
+    name = source_name(source)
     state = _read_state(source)
     own = model.state_dict()
     mapped: dict[str, Tensor] = {}

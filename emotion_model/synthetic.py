@@ -7,23 +7,29 @@ learns these drawn faces says nothing about its accuracy on real faces or real d
 Everything here is numpy and PyAV only (no torch, no Prefect). Frames are uint8 RGB
 `[T, H, W, 3]` in 0..255 throughout.
 
-Encoders that work in the bundled PyAV build (PyAV 18, libavcodec 62), checked by
-`tests/emotion_model/test_synthetic.py`::
+Encoder/container pairs that round-trip in the bundled PyAV build (PyAV 18, libavcodec 62;
+frame count, size, order and timestamps checked; most pairs are in
+`tests/emotion_model/test_synthetic.py`)::
 
-    codec          containers              pixel format   odd sizes   VFR pts kept
-    libx264/h264   .mp4 .mkv .mov .avi     yuv420p        no (1)      yes (2)
-    mpeg4          .mp4 .mkv .avi .mov     yuv420p        yes         yes
-    libvpx/vp8     .webm .mkv              yuv420p        yes         yes
-    libvpx-vp9/vp9 .webm .mkv .mp4         yuv420p        yes         yes
-    flv (flv1)     .flv                    yuv420p        yes         yes
-    mjpeg          .avi .mkv .mov          yuv420p (3)    yes         yes
+    codec            containers                   odd sizes   VFR pts kept
+    libx264 (h264)   .mp4 .mkv .mov .flv .avi     no (1)      yes, not in .avi (2)
+    mpeg4            .mp4 .mkv .mov .avi          yes         yes
+    libvpx (vp8)     .webm .mkv .avi              yes         yes
+    libvpx-vp9 (vp9) .webm .mkv .mp4 .avi .flv    yes         yes
+    flv (flv1)       .flv .avi                    yes         yes
+    mjpeg            .avi .mkv .mov .mp4 (3)      yes         yes
 
+All with `pix_fmt="yuv420p"` (the default). A codec/container pair outside this table
+raises `ValueError` naming both when the muxer refuses it.
 (1) libx264 and libx265 with chroma-subsampled formats need even width and height;
     `encode_video` raises `ValueError` before opening the file. Pass `pix_fmt="yuv444p"`
     (or use mpeg4/vp9) for odd sizes.
-(2) libx264 in .flv shifts every timestamp by the B-frame delay (FLV has no edit list);
-    use `options={"bf": "0"}` there when timestamps matter.
-(3) mjpeg is full-range; a limited-range `yuv4xxp` request is encoded as full range.
+(2) AVI and FLV keep no separate presentation times, so B-frames would scramble or shift
+    the decoded pts; `encode_video` turns B-frames off (`bf=0`) for libx264/libx265 in
+    those containers unless `options` sets `bf`. Even so, FFmpeg's AVI demuxer reads
+    H.264 with every pts one frame late (it assumes one frame of reorder delay) and loses
+    VFR gaps; frames and their order are intact. A handy start-offset case for decoders.
+(3) mjpeg encodes full range only; `yuv4xxp` is encoded as the matching `yuvj4xxp`.
 The build also has libx265, libsvtav1, mpeg2video, ffv1 and png; `available_encoders()`
 lists what this interpreter's PyAV can encode.
 """
@@ -34,7 +40,6 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields, replace
 from fractions import Fraction
-from itertools import chain
 from pathlib import Path
 from typing import Literal
 
@@ -73,6 +78,8 @@ CONTAINER_FORMATS: dict[str, str] = {
 
 # Encoders that refuse odd dimensions with chroma-subsampled pixel formats.
 _EVEN_SIZE_ENCODERS = frozenset({"libx264", "libx265"})
+# Muxers without composition offsets: B-frames there break decoded timestamps.
+_NO_REORDER_FORMATS = frozenset({"avi", "flv"})
 _VFR_TIME_BASE = Fraction(1, 1000)  # ms, the precision of the mkv/webm/flv muxers
 _MAX_TIME_BASE_DEN = 65535  # mpeg4 rejects larger time-base denominators
 
@@ -99,12 +106,21 @@ def _chroma_subsampling(pix_fmt: str) -> tuple[int, int]:
     return 4 // max(chroma[0].width, 1), 4 // max(chroma[0].height, 1)
 
 
-def _as_rgb_frame(frame: np.ndarray) -> np.ndarray:
-    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-        raise ValueError(
-            f"frames must be uint8 [H, W, 3] RGB; got dtype {frame.dtype} shape {frame.shape}"
-        )
-    return np.ascontiguousarray(frame)
+def _as_rgb_frame(frame: object, path: Path, index: int) -> np.ndarray:
+    array = np.asarray(frame)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"{path}: frame {index} must be uint8 [H, W, 3] RGB; got dtype "
+                         f"{array.dtype} shape {array.shape}")
+    return np.ascontiguousarray(array)
+
+
+def _video_frame(
+    array: np.ndarray, index: int, time_base: Fraction, pts: list[int] | None, rate: Fraction
+) -> av.VideoFrame:
+    frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+    frame.pts = round(index / rate / time_base) if pts is None else pts[index]
+    frame.time_base = time_base
+    return frame
 
 
 def encode_video(
@@ -115,7 +131,7 @@ def encode_video(
     codec: str = "libx264",
     pix_fmt: str | None = "yuv420p",
     container_format: str | None = None,
-    time_base: Fraction | None = None,
+    time_base: Fraction | float | None = None,
     pts_seconds: Sequence[float] | None = None,
     bit_rate: int | None = None,
     options: dict[str, str] | None = None,
@@ -164,9 +180,12 @@ def encode_video(
         raise ValueError(f"{path}: encoder {encoder.name!r} has no pix_fmt {pix_fmt!r}; "
                          f"allowed: {formats}")
 
+    if encoder.name == "mjpeg" and pix_fmt.startswith("yuv") and f"yuvj{pix_fmt[3:]}" in formats:
+        pix_fmt = f"yuvj{pix_fmt[3:]}"  # mjpeg encodes full range only
+
     it: Iterator[np.ndarray] = iter(frames)
     try:
-        first = _as_rgb_frame(np.asarray(next(it)))
+        first = _as_rgb_frame(next(it), path, 0)
     except StopIteration:
         raise ValueError(f"{path}: no frames to encode") from None
     height, width = first.shape[:2]
@@ -180,39 +199,45 @@ def encode_video(
     rate = Fraction(fps).limit_denominator(1001)
     if time_base is None:
         time_base = _VFR_TIME_BASE if pts_seconds is not None else 1 / rate
-    time_base = Fraction(time_base)
+    time_base = Fraction(time_base).limit_denominator(1_000_000)
     if time_base.denominator > _MAX_TIME_BASE_DEN and encoder.name == "mpeg4":
         raise ValueError(f"{path}: mpeg4 needs a time base denominator <= 65535, "
                          f"got {time_base}")
     pts_list = None if pts_seconds is None else [round(t / time_base) for t in pts_seconds]
+    if pts_list is not None and not pts_list:
+        raise ValueError(f"{path}: pts_seconds is empty")
     if pts_list is not None and any(b <= a for a, b in zip(pts_list, pts_list[1:], strict=False)):
         raise ValueError(f"{path}: pts_seconds must be strictly increasing at time base "
                          f"{time_base}")
 
+    options = dict(options or {})
+    if fmt in _NO_REORDER_FORMATS and encoder.name in _EVEN_SIZE_ENCODERS:
+        options.setdefault("bf", "0")
+
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with av.open(str(path), mode="w", format=fmt) as container:
-            stream = container.add_stream(encoder.name, rate=rate, options=options or {})
-            stream.width, stream.height = width, height
-            stream.pix_fmt = pix_fmt
-            ctx = stream.codec_context
-            ctx.time_base = time_base
-            if bit_rate is not None:
-                ctx.bit_rate = int(bit_rate)
-            if encoder.name == "mjpeg" and not pix_fmt.startswith("yuvj"):
-                ctx.color_range = 2  # JPEG full range; mjpeg refuses limited-range yuv
-            count = 0
-            for i, array in enumerate(chain([first], it)):
-                array = _as_rgb_frame(np.asarray(array))
+            try:
+                stream = container.add_stream(encoder.name, rate=rate, options=options)
+                stream.width, stream.height = width, height
+                stream.pix_fmt = pix_fmt
+                stream.codec_context.time_base = time_base
+                if bit_rate is not None:
+                    stream.codec_context.bit_rate = int(bit_rate)
+                # the first frame opens the encoder and writes the header
+                container.mux(stream.encode(_video_frame(first, 0, time_base, pts_list, rate)))
+            except (ValueError, av.error.FFmpegError) as exc:
+                raise ValueError(f"{path}: cannot write {encoder.name} {pix_fmt} into "
+                                 f"{fmt}: {exc}") from exc
+            count = 1
+            for array in it:
+                array = _as_rgb_frame(array, path, count)
                 if array.shape[:2] != (height, width):
-                    raise ValueError(f"{path}: frame {i} is {array.shape[1]}x{array.shape[0]}, "
-                                     f"expected {width}x{height}")
-                if pts_list is not None and i >= len(pts_list):
+                    raise ValueError(f"{path}: frame {count} is {array.shape[1]}x"
+                                     f"{array.shape[0]}, expected {width}x{height}")
+                if pts_list is not None and count >= len(pts_list):
                     raise ValueError(f"{path}: more frames than pts_seconds ({len(pts_list)})")
-                frame = av.VideoFrame.from_ndarray(array, format="rgb24")
-                frame.pts = round(i / rate / time_base) if pts_list is None else pts_list[i]
-                frame.time_base = time_base
-                container.mux(stream.encode(frame))
+                container.mux(stream.encode(_video_frame(array, count, time_base, pts_list, rate)))
                 count += 1
             if pts_list is not None and count != len(pts_list):
                 raise ValueError(f"{path}: {count} frames but {len(pts_list)} pts_seconds")
@@ -314,10 +339,11 @@ class _Expression:
 
     def blend(self, other: _Expression, amount: float) -> _Expression:
         """`self` moved `amount` of the way to `other` (extrapolates past 1)."""
-        return _Expression(**{
-            f.name: getattr(self, f.name) + amount * (getattr(other, f.name) - getattr(self, f.name))
-            for f in fields(self)
-        })
+        values = {}
+        for f in fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            values[f.name] = a + amount * (b - a)
+        return _Expression(**values)
 
 
 _NEUTRAL = _Expression()
@@ -486,7 +512,8 @@ def render_face_clip(
         rng.uniform(0, 2 * np.pi)
     tilt_amp, tilt_hz = np.deg2rad(rng.uniform(0, 3)), rng.uniform(0.1, 0.4)
     cx = actor.cx * width + drift[0] * frac
-    cy = actor.cy * height + drift[1] * frac + bob_amp * np.sin(2 * np.pi * bob_hz * t_s + bob_phase)
+    bob = bob_amp * np.sin(2 * np.pi * bob_hz * t_s + bob_phase)
+    cy = actor.cy * height + drift[1] * frac + bob
     angle = tilt_amp * np.sin(2 * np.pi * tilt_hz * t_s + rng.uniform(0, 2 * np.pi))
     blink = np.ones(num_frames)
     next_blink = rng.uniform(0.5, 3.0)
@@ -512,7 +539,7 @@ def render_face_clip(
     canvas = np.empty((height, width, 3), np.float32)
     colors = _Colors(
         skin=actor.skin, hair=actor.hair, iris=actor.iris, eyelid=actor.skin * 0.8,
-        lip=actor.skin * np.array([0.75, 0.45, 0.45], np.float32), brow=actor.hair * 0.7,
+        lip=actor.skin * np.array([0.7, 0.4, 0.4], np.float32), brow=actor.hair * 0.45,
         cheek=actor.skin * np.array([1.05, 0.75, 0.75], np.float32),
         nose=actor.skin * 0.7, wrinkle=actor.skin * 0.55,
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import io
 import logging
 import queue
 import threading
@@ -116,7 +117,9 @@ def _cached_predictor_remote(
     if hit is None:
         from emotion_model.checkpoint import load_deployment
 
-        model, metadata = load_deployment(read_bytes(model_uri, storage_options))
+        data = io.BytesIO(read_bytes(model_uri, storage_options))
+        data.name = model_uri  # so a load error names the URI, not "<bytes>"
+        model, metadata = load_deployment(data)
         hit = Predictor(model, metadata, device=device)
         _REMOTE_CACHE.clear()  # keep one remote model per process
         _REMOTE_CACHE[key] = hit

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from fvcore.nn.squeeze_excitation import SqueezeExcitation
+from pytorchvideo.models.resnet import BottleneckBlock
 from torch.utils.flop_counter import FlopCounterMode
 
 from emotion_model.errors import ArchitectureMismatchError
@@ -18,10 +20,6 @@ from emotion_model.model import (
     create_emotion_backbone,
     load_kinetics_backbone,
 )
-
-# imported after emotion_model.model, which silences fvcore's import-time FutureWarning
-from fvcore.nn.squeeze_excitation import SqueezeExcitation  # noqa: I001
-from pytorchvideo.models.resnet import BottleneckBlock
 
 R50_BACKBONE_PARAMS = 33.7e6
 """SlowFast-R50 without its Kinetics head (34.6M with it, minus 2304 x 400 + 400)."""
@@ -208,8 +206,9 @@ def test_load_kinetics_backbone_reports_the_se_tensors_left_untouched(
 def test_pretrained_of_another_width_is_an_architecture_mismatch(tmp_path: Path) -> None:
     path = tmp_path / "SLOWFAST_8x8_R50_w8.pyth"
     _kinetics_checkpoint(path, width=8, seed=3)
-    with pytest.raises(ArchitectureMismatchError, match=r"has shape .* width 16"):
+    with pytest.raises(ArchitectureMismatchError, match=r"has shape .* width 16") as caught:
         EmotionClassifier(width=16, pretrained=path)
+    assert str(caught.value).startswith(f"{path}: ")
 
 
 def test_pretrained_missing_file_is_an_error(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from emotion_model.errors import (
     VideoError,
 )
 from emotion_model.synthetic import encode_video, make_test_pattern, pattern_frame_index
-from emotion_model.video import ClipReader, plan_targets, read_clips
+from emotion_model.video import ClipReader, plan_targets, plan_window_starts, read_clips
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def _check_frames(frames: np.ndarray, num_frames: int = 48, size: int = 112) -> 
         ("mpeg4", ".mp4", 320, 240, 60, 30),
         ("mpeg4", ".mp4", 640, 360, 50, 25),
         ("mpeg4", ".avi", 1280, 720, 12, 24),
-        ("libx264", ".mkv", 318, 240, 30, 30) if False else ("mpeg4", ".mkv", 318, 238, 30, 30),
+        ("mpeg4", ".mkv", 318, 238, 30, 30),  # odd sizes are fine for mpeg4
     ],
     ids=lambda v: str(v),
 )
@@ -326,7 +326,9 @@ def test_cut_in_the_middle_keeps_earlier_clips(
     full = encode_video(videos / f"ten_seconds_{codec}{suffix}",
                         make_test_pattern(300, 64, 64, seed=6), fps=30, codec=codec)
     complete, info = read_clips(full, num_frames=16)
-    assert len(complete) == 2 and not info.partial
+    # two windows that fit, plus one aligned to the end for the 2 s tail
+    assert [(c.start_s, c.end_s) for c in complete] == [(0.0, 4.0), (4.0, 8.0), (6.0, 10.0)]
+    assert not info.partial
 
     data = full.read_bytes()
     path = tmp_path / f"cut{suffix}"
@@ -338,3 +340,22 @@ def test_cut_in_the_middle_keeps_earlier_clips(
     assert info.partial_reason and "10.00s" in info.partial_reason
     assert 4.0 < info.duration_s < 8.0
     assert info.clips == 1
+
+
+@pytest.mark.parametrize(
+    ("duration", "clip", "stride", "starts"),
+    [
+        (None, 4.0, 4.0, []),
+        (2.0, 4.0, 4.0, [0.0]),
+        (4.0, 4.0, 4.0, [0.0]),
+        (20.0, 4.0, 4.0, [0.0, 4.0, 8.0, 12.0, 16.0]),
+        (10.0, 4.0, 4.0, [0.0, 4.0, 6.0]),  # 2 s tail >= half a stride: one end-aligned window
+        (9.0, 4.0, 4.0, [0.0, 4.0]),  # 1 s tail: dropped
+        (9.0, 4.0, 2.0, [0.0, 2.0, 4.0, 5.0]),
+        (10.0, 4.0, 2.0, [0.0, 2.0, 4.0, 6.0]),
+    ],
+)
+def test_plan_window_starts(
+    duration: float | None, clip: float, stride: float, starts: list[float]
+) -> None:
+    assert plan_window_starts(duration, clip, stride) == pytest.approx(starts)

@@ -1,0 +1,148 @@
+"""predict_video end to end with the small variant on an encoded video, and the Predictor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from emotion_model.checkpoint import save_deployment
+from emotion_model.errors import CorruptVideoError, EmptyVideoError
+from emotion_model.labels import EMOTION_LABELS
+from emotion_model.model import EmotionClassifier
+from emotion_model.predict import (
+    Predictor,
+    VideoPrediction,
+    predict_video,
+    resolve_device,
+)
+from emotion_model.video import read_clips
+
+METADATA = {"labels": list(EMOTION_LABELS), "num_frames": 16, "img_size": 112}
+
+
+@pytest.fixture(scope="module")
+def prediction(small_model: EmotionClassifier, long_video: Path) -> VideoPrediction:
+    return predict_video(small_model, long_video, METADATA, device="cpu")
+
+
+def test_predict_video_end_to_end(prediction: VideoPrediction, long_video: Path) -> None:
+    assert prediction.uri == str(long_video)
+    assert len(prediction.clips) == 5
+    assert [(c.index, c.start_s, c.end_s) for c in prediction.clips] == [
+        (i, 4.0 * i, 4.0 * i + 4.0) for i in range(5)
+    ]
+    assert prediction.duration_s == pytest.approx(20.0)
+    assert not prediction.partial and prediction.partial_reason is None
+    assert prediction.model_version == "unversioned"
+    for clip in [*prediction.clips, prediction]:
+        assert list(clip.probabilities) == list(EMOTION_LABELS)
+        assert sum(clip.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+        assert all(0.0 <= p <= 1.0 for p in clip.probabilities.values())
+        assert clip.label in EMOTION_LABELS
+        assert clip.confidence == max(clip.probabilities.values())
+        assert clip.probabilities[clip.label] == clip.confidence
+
+
+def test_video_probabilities_are_the_mean_of_clips(prediction: VideoPrediction) -> None:
+    per_clip = np.array([[c.probabilities[k] for k in EMOTION_LABELS] for c in prediction.clips])
+    video = np.array([prediction.probabilities[k] for k in EMOTION_LABELS])
+    np.testing.assert_allclose(video, per_clip.mean(axis=0), rtol=1e-6, atol=1e-7)
+    assert prediction.label == EMOTION_LABELS[int(video.argmax())]
+
+
+def test_probabilities_match_the_model(small_model: EmotionClassifier, long_video: Path,
+                                       prediction: VideoPrediction) -> None:
+    """The same clips through normalize + model + softmax by hand give the same numbers."""
+    from emotion_model.preprocess import normalize
+
+    clips, _ = read_clips(long_video, num_frames=16, img_size=112)
+    with torch.no_grad():
+        want = torch.softmax(small_model(normalize(np.stack([c.frames for c in clips]))), -1)
+    got = np.array([[c.probabilities[k] for k in EMOTION_LABELS] for c in prediction.clips])
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-5)
+
+
+def test_batch_size_does_not_change_results(small_model: EmotionClassifier, long_video: Path,
+                                            prediction: VideoPrediction) -> None:
+    again = predict_video(small_model, long_video, METADATA, batch_size=2, device="cpu")
+    for a, b in zip(again.clips, prediction.clips, strict=True):
+        assert a.label == b.label
+        for k in EMOTION_LABELS:
+            assert a.probabilities[k] == pytest.approx(b.probabilities[k], abs=1e-5)
+
+
+def test_overlapping_clips(small_model: EmotionClassifier, long_video: Path) -> None:
+    result = predict_video(small_model, long_video, METADATA, clip_seconds=8,
+                           stride_seconds=4, device="cpu")
+    assert [(c.start_s, c.end_s) for c in result.clips] == [
+        (0.0, 8.0), (4.0, 12.0), (8.0, 16.0), (12.0, 20.0)
+    ]
+
+
+def test_predictor_on_cpu_from_a_deployment_file(
+    small_model: EmotionClassifier, long_video: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "model.safetensors"
+    meta = save_deployment(small_model, path, num_frames=16, img_size=64)
+    predictor = Predictor.from_file(path, device="cpu")
+    assert predictor.device == torch.device("cpu")
+    assert not predictor.amp
+    assert (predictor.num_frames, predictor.img_size) == (16, 64)
+    assert predictor.model_version == meta["model_version"]
+    assert predictor.labels == EMOTION_LABELS
+
+    clips = np.random.default_rng(0).integers(0, 256, (3, 16, 64, 64, 3), dtype=np.uint8)
+    probs = predictor.probabilities(clips)
+    assert probs.shape == (3, 6) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+    result = predict_video(predictor, long_video.read_bytes())
+    assert result.model_version == meta["model_version"]
+    assert result.uri == "<video>"
+    assert len(result.clips) == 5
+
+
+def test_predict_from_a_file_object(small_model: EmotionClassifier, long_video: Path,
+                                    prediction: VideoPrediction) -> None:
+    with open(long_video, "rb") as fh:
+        result = predict_video(small_model, fh, METADATA, device="cpu")
+    assert [c.label for c in result.clips] == [c.label for c in prediction.clips]
+
+
+def test_short_video_is_one_clip(small_model: EmotionClassifier, tmp_path: Path) -> None:
+    from emotion_model.synthetic import encode_video, make_test_pattern
+
+    path = encode_video(tmp_path / "short.mp4", make_test_pattern(30, 96, 128), fps=30)
+    result = predict_video(small_model, path, METADATA, device="cpu")
+    assert len(result.clips) == 1
+    assert result.clips[0].end_s == pytest.approx(result.duration_s) == pytest.approx(1.0)
+    assert result.probabilities == pytest.approx(result.clips[0].probabilities)
+
+
+def test_bad_videos_raise_typed_errors(small_model: EmotionClassifier, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    with pytest.raises(EmptyVideoError, match="empty file"):
+        predict_video(small_model, empty, METADATA, device="cpu")
+    text = tmp_path / "notes.txt"
+    text.write_text("not a video\n")
+    with pytest.raises(CorruptVideoError, match=r"notes\.txt: not a"):
+        predict_video(small_model, text, METADATA, device="cpu")
+
+
+@pytest.mark.parametrize("device", ["tpu", "gpu", "", "mps", "meta", "cuda:x", "cpu:"])
+def test_bad_device_string(small_model: EmotionClassifier, device: str) -> None:
+    with pytest.raises(ValueError, match=r"device must be 'auto', 'cpu' or 'cuda\[:N\]', got"):
+        Predictor(small_model, METADATA, device=device)
+
+
+def test_resolve_device() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in {"cpu", "cuda"}
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") == torch.device("cpu")
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            resolve_device("cuda")

@@ -1,0 +1,224 @@
+"""The ``emotion-pipeline`` command line: help for every subcommand, new-model -> predict,
+export, and one-line errors with exit code 2. Runs ``flows.cli.main`` in-process, plus one
+subprocess call of the installed console script."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from flows.cli import build_parser, main
+
+SUBCOMMANDS = sorted(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+LABELS = ("angry", "disgust", "fearful", "happy", "neutral", "sad")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Iterator[None]:
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def _run(argv: list[str]) -> int:
+    """``main(argv)``'s exit code, whether it returns or exits (argparse's --help exits)."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cli")
+
+
+@pytest.fixture(scope="module")
+def model_file(workdir: Path) -> Path:
+    path = workdir / "small.safetensors"
+    assert _run(["new-model", str(path), "--small", "--seed", "3", "--num-frames", "16",
+                 "--img-size", "64"]) == 0
+    return path
+
+
+@pytest.fixture(scope="module")
+def video_file(workdir: Path) -> Path:
+    from emotion_model.synthetic import encode_video, make_test_pattern
+
+    return encode_video(workdir / "clip.mp4", make_test_pattern(80, 72, 96, seed=1), fps=10)
+
+
+# --- help ------------------------------------------------------------------------------------
+def test_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in ("predict", "export", "new-model"):
+        assert name in out
+    assert {"predict", "export", "new-model"} <= set(SUBCOMMANDS)
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_subcommand_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: emotion-pipeline {command}")
+
+
+def test_new_model_help_says_untrained(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run(["new-model", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "random weights" in out and "smoke tests" in out and "untrained=true" in out
+    assert _run(["--help"]) == 0
+    assert "write an UNTRAINED model file" in " ".join(capsys.readouterr().out.split())
+
+
+def test_no_subcommand_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run([]) == 2
+    assert "usage: emotion-pipeline" in capsys.readouterr().err
+
+
+def test_console_script_entry_point() -> None:
+    script = Path(sys.executable).parent / "emotion-pipeline"
+    if not script.exists():
+        pytest.skip(f"console script not installed next to {sys.executable}")
+    done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: emotion-pipeline")
+    assert "new-model" in done.stdout
+
+
+# --- new-model -> predict ----------------------------------------------------------------------
+def test_new_model_writes_an_untrained_deployment(model_file: Path) -> None:
+    from emotion_model.checkpoint import load_deployment
+
+    model, meta = load_deployment(model_file)
+    assert meta["untrained"] is True and "UNTRAINED" in meta["notes"]
+    assert meta["architecture"]["width"] == 16
+    assert (meta["num_frames"], meta["img_size"]) == (16, 64)
+    assert not model.training
+
+
+def test_new_model_is_seeded(model_file: Path, workdir: Path) -> None:
+    from emotion_model.checkpoint import load_deployment
+
+    again = workdir / "again.safetensors"
+    assert _run(["new-model", str(again), "--small", "--seed", "3", "--num-frames", "16",
+                 "--img-size", "64"]) == 0
+    assert load_deployment(again)[1]["model_version"] == \
+        load_deployment(model_file)[1]["model_version"]
+
+
+def test_predict_prints_a_table(model_file: Path, video_file: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    from emotion_model.checkpoint import load_deployment
+
+    version = load_deployment(model_file)[1]["model_version"]
+    assert _run(["predict", str(video_file), "--model", str(model_file), "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    out = captured.out
+    for label in LABELS:
+        assert label in out
+    assert version in out
+    assert "video" in out
+    rows = [line for line in out.splitlines() if re.match(r"^[│|]\s+\d+\s+[│|]", line)]
+    assert len(rows) == 2  # 8 s of video: two 4 s clips
+    assert re.search(r"[│|]\s+video\s+[│|]\s+0\.00\s+[│|]\s+8\.00\s+[│|]", out)
+    assert "untrained" in captured.err
+
+
+def test_predict_overlapping_windows(model_file: Path, video_file: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run(["predict", str(video_file), "--model", str(model_file), "--device", "cpu",
+                 "--stride-seconds", "2", "--batch-size", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "6.00" in out  # the window [2, 6) exists only with stride 2
+
+
+# --- errors: one line, exit code 2 ---------------------------------------------------------------
+def _error_message(err: str) -> str:
+    """The CLI's error message, whitespace-normalised.
+
+    The one-line check itself lives in test_a_long_error_stays_on_one_line.
+    """
+    assert err.startswith("error: "), err
+    assert err.count("error: ") == 1 and "Traceback" not in err, err
+    return " ".join(err.split())
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def test_predict_missing_video(model_file: Path, tmp_path: Path,
+                               monkeypatch: pytest.MonkeyPatch,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert _run(["predict", "missing.mp4", "--model", str(model_file)]) == 2
+    captured = capsys.readouterr()
+    assert _one_error_line(captured.err) == "error: missing.mp4: no such file"
+    assert "Traceback" not in captured.err
+
+
+def test_predict_not_a_video(model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("notes.txt").write_text("this is not a video\n" * 20)
+    Path("broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(200))
+    assert _run(["predict", "notes.txt", "--model", str(model_file)]) == 2
+    assert _error_message(capsys.readouterr().err).startswith("error: notes.txt: not a")
+    assert _run(["predict", "broken.mp4", "--model", str(model_file)]) == 2
+    assert _error_message(capsys.readouterr().err).startswith("error: broken.mp4: ")
+
+
+def test_predict_missing_model(video_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert _run(["predict", str(video_file), "--model", "absent.safetensors"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line == "error: absent.safetensors: no such model file"
+
+
+def test_predict_bad_device(model_file: Path, video_file: Path,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run(["predict", str(video_file), "--model", str(model_file), "--device", "tpu"]) == 2
+    assert "device must be" in _one_error_line(capsys.readouterr().err)
+
+
+def test_a_long_error_stays_on_one_line(model_file: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / ("a-rather-long-folder-name-" * 3) / "missing-video-file.mp4"
+    assert _run(["predict", str(missing), "--model", str(model_file)]) == 2
+    assert _one_error_line(capsys.readouterr().err) == f"error: {missing}: no such file"
+
+
+# --- export --------------------------------------------------------------------------------------
+def test_export_onnx(model_file: Path, workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = workdir / "model.onnx"
+    assert _run(["export", str(model_file), "--format", "onnx", "--output", str(out)]) == 0
+    assert out.is_file() and out.stat().st_size > 1_000_000
+    printed = " ".join(capsys.readouterr().out.split())
+    assert f"wrote {out}" in printed and "max |probability difference|" in printed
+
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (frames,) = session.get_inputs()
+    assert frames.shape[1:] == [16, 3, 64, 64]
+
+
+def test_export_bad_format(model_file: Path, workdir: Path,
+                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run(["export", str(model_file), "--format", "tflite", "--output",
+                 str(workdir / "m.tflite")]) == 2
+    assert "invalid choice: 'tflite'" in capsys.readouterr().err
