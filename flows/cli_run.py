@@ -92,8 +92,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     _quiet_prefect(args.verbose)
     params = _params(args)
     from flows.batch_inference import make_settings
+    from tasks.settings import local_path
+    from tasks.storage import SourceNotFoundError
 
-    make_settings(**params)  # a bad parameter fails here, in one line, before Prefect starts
+    settings = make_settings(**params)  # a bad parameter fails here, in one line, before Prefect
+    local = local_path(settings.source)
+    if local is not None and not os.path.exists(local):  # no Prefect traceback for a typo
+        raise SourceNotFoundError(settings.source, "source not found (no such file or folder)")
     summary = run_flow(params, show_progress=not args.no_progress)
     print_summary(summary, args.output)
     return 0
