@@ -47,7 +47,7 @@ from tasks.storage import is_local, read_bytes, resolve, retry_transient
 
 log = logging.getLogger(__name__)
 
-STREAM_THRESHOLD_BYTES = 512 * 1024 * 1024
+STREAM_THRESHOLD_BYTES = 64 * 1024 * 1024
 """Remote objects above this size are streamed through fsspec instead of read into memory."""
 
 
@@ -76,7 +76,7 @@ class ShardResult:
 @dataclass
 class _VideoState:
     video: VideoObject
-    clips: list[Clip] = field(default_factory=list)
+    clips: list[tuple[int, float, float]] = field(default_factory=list)  # index, start, end
     probs: dict[int, np.ndarray] = field(default_factory=dict)
     info: VideoInfo | None = None
     error: tuple[str, str, str] | None = None  # stage, error_type, message
@@ -272,7 +272,9 @@ def process_shard(
                 else:
                     kind, index, payload = clip_queue.get()
                     if kind == "clip":
-                        states[index].clips.append(payload)
+                        clip = payload
+                        # keep only the clip's place: its frames go with the batch
+                        states[index].clips.append((clip.index, clip.start_s, clip.end_s))
                         pending.append((index, payload))
                         if len(pending) >= settings.batch_size:
                             run_batch()
@@ -323,12 +325,12 @@ def _record(
         "video_duration_s": float(info.duration_s),
     }
     probs = []
-    for clip in state.clips:
-        p = state.probs[clip.index]
+    for clip_index, start_s, end_s in state.clips:
+        p = state.probs[clip_index]
         probs.append(p)
         label, confidence, _ = label_probabilities(p, labels)
         writer.add_prediction(
-            **common, clip_index=clip.index, clip_start_s=clip.start_s, clip_end_s=clip.end_s,
+            **common, clip_index=clip_index, clip_start_s=start_s, clip_end_s=end_s,
             label=label, confidence=confidence, **prob_columns(p),
         )
     mean = np.mean(probs, axis=0)
