@@ -20,6 +20,7 @@ import dataclasses
 import datetime as dt
 import io
 import logging
+import os
 import queue
 import threading
 import time
@@ -137,7 +138,10 @@ def _error_of(exc: BaseException) -> tuple[str, str]:
 def _open_video(video: VideoObject, storage_options: Mapping[str, Any] | None) -> Any:
     """A path (local), bytes (small remote objects) or a streaming file object (large ones)."""
     if is_local(video.uri):
-        return resolve(video.uri, storage_options)[1]
+        path = resolve(video.uri, storage_options)[1]
+        if not os.path.isfile(path):  # gone since listing: a read error, retried next run
+            raise FileNotFoundError(f"{video.uri}: no such file (removed after listing?)")
+        return path
     if video.size <= STREAM_THRESHOLD_BYTES:
         return read_bytes(video.uri, storage_options)
     fs, path = resolve(video.uri, storage_options)

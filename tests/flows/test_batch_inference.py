@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import json
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -545,3 +546,39 @@ def test_bad_s3_parameter_fails_without_reading_a_video(
 
     assert "\n" not in str(raised.value)
     assert fault_proxy.requests(path=r"/videos/") == []  # not even listed
+
+
+# --- the fault proxy itself (reused by the storage-fault tests) ----------------------------------
+def test_fault_proxy_breaks_only_the_chosen_requests(fault_proxy: FaultProxy, s3_bucket: str
+                                                     ) -> None:
+    # neither botocore nor s3fs retries: each fault surfaces
+    fs = s3fs_for({**fault_proxy.storage_options,
+                   "config_kwargs": {"retries": {"total_max_attempts": 1}}})
+    fs.retries = 1
+    key = f"{s3_bucket}/dir with spaces/é.bin"
+    fs.pipe_file(key, b"x" * 1000)
+    assert fault_proxy.requests("PUT", "/dir with spaces/é.bin$")[0].outcome == "200"
+
+    fault_proxy.fail(status=500, method="GET", path=r"é\.bin$", times=1)
+    with pytest.raises(OSError):
+        fs.cat_file(key)
+    assert fs.cat_file(key) == b"x" * 1000  # only the first one failed
+
+    # the PUT reaches S3, its answer is lost: the object is there all the same
+    fault_proxy.fail(status=503, method="PUT", path=r"/applied$", after_upstream=True)
+    with pytest.raises(OSError):
+        fs.pipe_file(f"{s3_bucket}/applied", b"y")
+    assert fs.cat_file(f"{s3_bucket}/applied") == b"y"
+
+    fault_proxy.reset(method="GET", path=r"/applied$", skip=1)
+    assert fs.cat_file(f"{s3_bucket}/applied") == b"y"  # skipped
+    fs.cat_file(f"{s3_bucket}/applied")  # reset; the HTTP client may reconnect and retry
+    gets = [r.outcome for r in fault_proxy.requests("GET", r"/applied$")]
+    assert gets[:3] == ["200", "200", "reset"], gets
+
+    fault_proxy.stall(0.3, method="HEAD")
+    started = time.monotonic()
+    assert fs.info(f"{s3_bucket}/applied")["size"] == 1
+    assert time.monotonic() - started >= 0.3
+    outcomes = [r.outcome for r in fault_proxy.log if r.injected]
+    assert outcomes == ["500", "200+503", "reset", "stall+200"], fault_proxy.log
