@@ -86,6 +86,7 @@ def measure(model_name: str, folder: Path, args: argparse.Namespace) -> dict[str
     save_deployment(build_model(model_name).eval(), model_path, num_frames=args.clip_frames,
                     img_size=args.img_size, untrained=True)
     predictor = Predictor.from_file(model_path, device=args.device)
+    args.batch_size = args.batch_size or predictor.preferred_batch_size
     videos = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".mp4", ".flv"))
     reader_kwargs = {"num_frames": args.clip_frames, "img_size": args.img_size,
                      "clip_seconds": args.clip_seconds}
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clip-frames", type=int, default=48, help="frames per clip (48)")
     parser.add_argument("--img-size", type=int, default=112, help="frame size (112)")
     parser.add_argument("--clip-seconds", type=float, default=4.0)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=0, help="0: the device's default")
     parser.add_argument("--decode-threads", type=int, default=2)
     parser.add_argument("--videos-720p", type=int, default=None)
     parser.add_argument("--videos-360p", type=int, default=None)

@@ -64,9 +64,11 @@ class Predictor:
         self.amp_dtype = (
             torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
         )
-        self.model = model.to(self.device).eval()
-        if cuda:
-            self.model = self.model.to(memory_format=torch.channels_last_3d)
+        # channels_last_3d: measured faster on CPU too (R50, 48x112: 273 vs 311 ms per clip)
+        self.model = model.to(self.device).eval().to(memory_format=torch.channels_last_3d)
+        self.preferred_batch_size = 32 if cuda else 2
+        """Clips per call when the caller does not choose: on a 2-core CPU, batches above 2
+        are slower per clip (R50 at batch 4: +20%); a GPU wants large batches."""
 
     @classmethod
     def from_file(cls, source: VideoSource, *, device: DeviceName = "auto") -> Predictor:
@@ -133,7 +135,7 @@ def predict_video(
     *,
     clip_seconds: float = 4.0,
     stride_seconds: float | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     device: DeviceName = "auto",
 ) -> VideoPrediction:
     """Predict every clip of one video (path, bytes or file object) and their mean.
@@ -152,6 +154,7 @@ def predict_video(
         clip_seconds=clip_seconds,
         stride_seconds=stride_seconds,
     )
+    batch_size = batch_size or predictor.preferred_batch_size
     clips, probs = [], []
     pending = []
     for clip in reader:

@@ -56,7 +56,7 @@ def batch_inference(
     output: str = "./outputs",
     clip_seconds: float = 4.0,
     stride_seconds: float | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     shard_size: int = 64,
     device: str = "auto",
     max_videos: int | None = None,
@@ -73,7 +73,7 @@ def batch_inference(
         output: folder or ``s3://`` prefix for predictions/, videos/, errors/ and runs/.
         clip_seconds: clip window length; a shorter video is one clip.
         stride_seconds: seconds between window starts (default: ``clip_seconds``).
-        batch_size: clips per model call.
+        batch_size: clips per model call (default: CPU 2, GPU 32, the measured best).
         shard_size: videos per shard task.
         device: ``auto`` (GPU when present), ``cpu``, ``cuda`` or ``cuda:N``.
         max_videos: process at most this many videos this run (the rest wait for the next).

@@ -102,7 +102,8 @@ def _add_common_video_args(p: argparse.ArgumentParser) -> None:
                    help="clip window length in seconds (default 4; a shorter video is one clip)")
     p.add_argument("--stride-seconds", type=float, default=None,
                    help="seconds between window starts (default: --clip-seconds)")
-    p.add_argument("--batch-size", type=int, default=8, help="clips per model call (default 8)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="clips per model call (default: CPU 2, GPU 32)")
     p.add_argument("--device", default="auto",
                    help="auto (GPU when present), cpu or cuda[:N] (default auto)")
 

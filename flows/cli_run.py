@@ -155,7 +155,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clip-seconds", type=float, default=4.0, help="clip window length (4)")
     p.add_argument("--stride-seconds", type=float, default=None,
                    help="seconds between window starts (default: --clip-seconds)")
-    p.add_argument("--batch-size", type=int, default=8, help="clips per model call (8)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="clips per model call (default: CPU 2, GPU 32)")
     p.add_argument("--shard-size", type=int, default=64, help="videos per shard task (64)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (auto)")
     p.add_argument("--max-videos", type=int, default=None, help="process at most N videos")

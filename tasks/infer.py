@@ -5,7 +5,7 @@
     videos of one shard
         -> decode pool (settings.decode_threads threads): read bytes through fsspec (retried),
            emotion_model.video.ClipReader -> uint8 clips
-        -> bounded queue (settings.clip_queue_depth clips: memory stays bounded)
+        -> bounded queue (2 x batch_size clips, >= 8: memory stays bounded)
         -> one consumer: batches of batch_size clips across videos -> Predictor (GPU: AMP,
            pinned memory; CPU: fp32) under torch.inference_mode()
         -> ShardWriter: predictions / videos / errors, one atomic file per table
@@ -166,7 +166,8 @@ def process_shard(
     start = time.perf_counter()
     date = date or dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
     result = ShardResult(shard=shard, videos=len(videos))
-    clip_queue: queue.Queue[Any] = queue.Queue(maxsize=settings.clip_queue_depth)
+    batch_size = settings.batch_size or predictor.preferred_batch_size
+    clip_queue: queue.Queue[Any] = queue.Queue(maxsize=settings.clip_queue_depth(batch_size))
     states = [_VideoState(v) for v in videos]
     stop = threading.Event()
     decode_time = [0.0]
@@ -280,7 +281,7 @@ def process_shard(
                         # keep only the clip's place: its frames go with the batch
                         states[index].clips.append((clip.index, clip.start_s, clip.end_s))
                         pending.append((index, payload))
-                        if len(pending) >= settings.batch_size:
+                        if len(pending) >= batch_size:
                             run_batch()
                     else:  # "done" with the VideoInfo, or "error" with (stage, type, message)
                         if kind == "done":

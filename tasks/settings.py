@@ -29,7 +29,10 @@ class BatchSettings(BaseModel):
     stride_seconds: float | None = Field(
         default=None, gt=0, le=600, description="Seconds between window starts (default: clip)."
     )
-    batch_size: int = Field(default=8, ge=1, le=1024, description="Clips per model call.")
+    batch_size: int | None = Field(
+        default=None, ge=1, le=1024,
+        description="Clips per model call; default: the device's best (CPU 2, GPU 32).",
+    )
     shard_size: int = Field(default=64, ge=1, le=100_000, description="Videos per shard task.")
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
     max_videos: int | None = Field(default=None, ge=1, description="Process at most this many.")
@@ -41,7 +44,7 @@ class BatchSettings(BaseModel):
         default=2, ge=1, le=64, description="Videos decoded at once per shard (decode pool)."
     )
     queue_depth: int | None = Field(
-        default=None, ge=1, le=4096, description="Decoded clips held in memory (2 x batch)."
+        default=None, ge=1, le=4096, description="Decoded clips held in memory (2 x batch, >= 8)."
     )
     shard_concurrency: int = Field(
         default=1, ge=1, le=256, description="Shard tasks running at once on this machine."
@@ -73,10 +76,9 @@ class BatchSettings(BaseModel):
             raise ValueError("stride_seconds must be at most 10 x clip_seconds")
         return self
 
-    @property
-    def clip_queue_depth(self) -> int:
-        """Bound of the decoded-clip queue."""
-        return self.queue_depth or 2 * self.batch_size
+    def clip_queue_depth(self, batch_size: int) -> int:
+        """Bound of the decoded-clip queue: ``queue_depth``, or twice the batch (at least 8)."""
+        return self.queue_depth or max(8, 2 * batch_size)
 
     def public_dict(self) -> dict[str, Any]:
         """The settings with secrets in storage_options masked (for logs and run summaries)."""
