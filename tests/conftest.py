@@ -114,3 +114,15 @@ def s3_bucket(s3_server: S3Server) -> str:
 
 
 # --- end of S3 section ---------------------------------------------------------------------------
+
+
+# --- torch: one thread in tests -------------------------------------------------------------------
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny test models run fastest on one thread; two threads thrash on a 2-core machine."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)

@@ -33,14 +33,6 @@ from emotion_model.synthetic import available_encoders, encode_video, make_test_
 # --- process-wide settings -----------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _one_torch_thread() -> Iterator[None]:
-    """The tiny model runs fastest on one thread; two threads thrash on a 2-core machine."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
 
 @pytest.fixture(scope="session")
 def prefect_server() -> Iterator[None]:

@@ -7,7 +7,6 @@ Real PyAV-encoded videos on disk, an untrained small model (16 frames of 64 px) 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +39,6 @@ BAD = {"truncated.mp4": "CorruptVideoError", "text.mp4": "CorruptVideoError",
        "empty.mp4": "EmptyVideoError"}
 CLIPS_PER_VIDEO = 3
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 @pytest.fixture(scope="module")
