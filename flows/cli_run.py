@@ -17,8 +17,8 @@ err = Console(stderr=True, soft_wrap=True)
 
 
 def _quiet_prefect(verbose: bool) -> None:
-    if not verbose:  # the progress bar replaces Prefect's per-task log lines
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    if not verbose:  # the progress bar and the one-line errors replace Prefect's log lines
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
