@@ -126,3 +126,18 @@ def _one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(saved)
+
+
+# --- an untrained small model file ----------------------------------------------------------------
+@pytest.fixture(scope="session")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """An UNTRAINED small deployment file (16 frames of 64 px: cheap on a CPU), seeded."""
+    import torch
+
+    from emotion_model.checkpoint import save_deployment
+    from emotion_model.model import build_model
+
+    path = tmp_path_factory.mktemp("model") / "small-untrained.safetensors"
+    torch.manual_seed(0)
+    save_deployment(build_model("small").eval(), path, num_frames=16, img_size=64, untrained=True)
+    return path

@@ -177,9 +177,10 @@ def test_plain_state_dict_file(small_model: EmotionClassifier, deployment: tuple
     assert meta["model_version"] == deployment[1]["model_version"]
     x = _probe(3, 1)
     assert torch.equal(_outputs(loaded, x), _outputs(small_model, x))
-    # The model card's own pattern keeps working (torch.load is weights_only by default).
+    # The model card's own pattern keeps working; torch.load is weights_only by default,
+    # spelled out here as the project always does.
     fresh = build_model("small")
-    fresh.load_state_dict(torch.load(path))
+    fresh.load_state_dict(torch.load(path, weights_only=True))
     assert torch.equal(_outputs(fresh, x), _outputs(small_model, x))
     assert read_state_dict(path).keys() == small_model.state_dict().keys()
 

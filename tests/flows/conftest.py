@@ -26,7 +26,6 @@ from urllib.parse import unquote, urlsplit
 import av
 import numpy as np
 import pytest
-import torch
 
 from emotion_model.synthetic import available_encoders, encode_video, make_test_pattern
 
@@ -46,16 +45,6 @@ def prefect_server() -> Iterator[None]:
 # --- the model -----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An UNTRAINED small deployment file (16 frames of 64 px: cheap on a CPU), seeded."""
-    from emotion_model.checkpoint import save_deployment
-    from emotion_model.model import build_model
-
-    path = tmp_path_factory.mktemp("model") / "small-untrained.safetensors"
-    torch.manual_seed(0)
-    save_deployment(build_model("small").eval(), path, num_frames=16, img_size=64, untrained=True)
-    return path
 
 
 # --- videos --------------------------------------------------------------------------------------

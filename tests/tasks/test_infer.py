@@ -13,10 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
-from emotion_model.checkpoint import save_deployment
-from emotion_model.model import build_model
 from emotion_model.predict import Predictor
 from emotion_model.synthetic import encode_video, make_test_pattern
 from emotion_model.video import ClipReader
@@ -41,17 +38,11 @@ CLIPS_PER_VIDEO = 3
 
 
 
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "small.safetensors"
-    torch.manual_seed(0)
-    save_deployment(build_model("small").eval(), path, num_frames=16, img_size=64, untrained=True)
-    return path
 
 
 @pytest.fixture(scope="module")
-def predictor(model_file: Path) -> Predictor:
-    return Predictor.from_file(model_file, device="cpu")
+def predictor(model_path: Path) -> Predictor:
+    return Predictor.from_file(model_path, device="cpu")
 
 
 @pytest.fixture(scope="module")
