@@ -28,7 +28,6 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -83,51 +82,36 @@ class _VideoState:
     error: tuple[str, str, str] | None = None  # stage, error_type, message
 
 
-_END = object()
-
-
-@lru_cache(maxsize=4)
-def _cached_predictor(model_uri: str, device: str, fingerprint: str) -> Predictor:
-    from emotion_model.checkpoint import load_deployment
-
-    model, metadata = load_deployment(model_uri)
-    return Predictor(model, metadata, device=device)
-
-
-_PREDICTOR_LOCK = threading.Lock()
+_PREDICTORS: dict[tuple[str, str, str], Predictor] = {}
+_PREDICTORS_LOCK = threading.Lock()
+_MAX_PREDICTORS = 2
 
 
 def load_predictor(
     model_uri: str, device: str = "auto", storage_options: Mapping[str, Any] | None = None
 ) -> Predictor:
-    """Load a deployment file once per process (cached by URI, size/etag and device)."""
+    """Load a deployment file once per process, cached by URI, device and the file's
+    etag/mtime and size (a replaced file is loaded again)."""
+    from emotion_model.checkpoint import load_deployment
+
     fs, path = resolve(model_uri, storage_options)
     info = fs.info(path)
-    fingerprint = str(info.get("ETag") or info.get("mtime") or "") + f":{info.get('size')}"
-    with _PREDICTOR_LOCK:
-        if is_local(model_uri):
-            return _cached_predictor(path, device, fingerprint)
-        return _cached_predictor_remote(model_uri, device, fingerprint, storage_options)
-
-
-def _cached_predictor_remote(
-    model_uri: str, device: str, fingerprint: str, storage_options: Mapping[str, Any] | None
-) -> Predictor:
+    fingerprint = f"{info.get('ETag') or info.get('mtime') or ''}:{info.get('size')}"
     key = (model_uri, device, fingerprint)
-    hit = _REMOTE_CACHE.get(key)
-    if hit is None:
-        from emotion_model.checkpoint import load_deployment
-
-        data = io.BytesIO(read_bytes(model_uri, storage_options))
-        data.name = model_uri  # so a load error names the URI, not "<bytes>"
-        model, metadata = load_deployment(data)
-        hit = Predictor(model, metadata, device=device)
-        _REMOTE_CACHE.clear()  # keep one remote model per process
-        _REMOTE_CACHE[key] = hit
-    return hit
-
-
-_REMOTE_CACHE: dict[tuple[str, str, str], Predictor] = {}
+    with _PREDICTORS_LOCK:
+        hit = _PREDICTORS.get(key)
+        if hit is None:
+            if is_local(model_uri):
+                source: Any = path
+            else:
+                source = io.BytesIO(read_bytes(model_uri, storage_options))
+                source.name = model_uri  # so a load error names the URI, not "<bytes>"
+            model, metadata = load_deployment(source)
+            hit = Predictor(model, metadata, device=device)
+            while len(_PREDICTORS) >= _MAX_PREDICTORS:
+                _PREDICTORS.pop(next(iter(_PREDICTORS)))
+            _PREDICTORS[key] = hit
+        return hit
 
 
 def _error_of(exc: BaseException) -> tuple[str, str]:
