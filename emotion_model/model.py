@@ -44,7 +44,7 @@ R50_WIDTH = 64
 
 PRESETS: dict[str, dict[str, Any]] = {
     "r50": {"width": R50_WIDTH},
-    # Same code path, a quarter of the channels: ~1/16 of the compute, ~1/15 of the parameters.
+    # Same code path, a quarter of the channels: 1/13.5 of the FLOPs, 1/15 of the parameters.
     "small": {"width": 16},
 }
 """Named architecture variants; ``EmotionClassifier(**PRESETS["small"])`` is the test model."""

@@ -8,11 +8,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+
+from flows import cli_run
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, soft_wrap=True)
@@ -141,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "metadata says untrained=true.")
     p.add_argument("output", help="file to write (.safetensors)")
     p.add_argument("--small", action="store_true",
-                   help="the width-reduced variant (width 16, ~1/16 of R50's compute)")
+                   help="the width-reduced variant (width 16, 1/13.5 of R50's FLOPs)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the weights")
     p.add_argument("--num-frames", type=int, default=48, help="frames per clip (default 48)")
     p.add_argument("--img-size", type=int, default=112, help="frame size in pixels (112)")
@@ -158,18 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_make_sample_data)
 
-    for register in _EXTRA_COMMANDS:
-        register(sub)
+    cli_run.register(sub)
     return parser
-
-
-def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
-    from flows import cli_run
-
-    return [cli_run.register]
-
-
-_EXTRA_COMMANDS = _extra_commands()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -77,8 +77,7 @@ def test_no_subcommand_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> N
 
 def test_console_script_entry_point() -> None:
     script = Path(sys.executable).parent / "emotion-pipeline"
-    if not script.exists():
-        pytest.skip(f"console script not installed next to {sys.executable}")
+    assert script.exists(), f"console script not installed next to {sys.executable}"
     done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60,
                           check=False)
     assert done.returncode == 0, done.stderr
