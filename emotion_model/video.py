@@ -14,7 +14,8 @@ Memory is bounded by the open windows (at most ceil(clip / stride) + 1 clips of 
 whatever the video's length or resolution. Failures are typed (``emotion_model.errors``): an
 empty file, data that is not a readable container, no video stream, zero decodable frames. A
 video whose data breaks off part way keeps the clips decoded before the break and reports
-``partial=True`` with the reason.
+``partial=True`` with the reason; so does one with corrupt packets in the middle, whose bad
+packets (and frames the decoder flags corrupt) are skipped: the frame before them stays on screen.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ ThreadType = Literal["AUTO", "FRAME", "SLICE", "NONE"]
 _IMAGE_FORMATS = {"image2", "image2pipe", "mjpeg_2000", "apng"}
 # Demuxers that draw any text file (.txt, .nfo, .asc...) as ANSI art: refused as "not a video".
 _TEXT_FORMATS = {"tty", "bin", "xbin", "adf", "idf"}
+# Corrupt packets skipped before a stream is given up as garbage (decoding stops, partial).
+_MAX_BAD_PACKETS = 500
 
 
 @dataclass(frozen=True)
@@ -280,9 +283,29 @@ class ClipReader:
                     emitted += 1
                     yield Clip(win.index, win.start, win.end, np.stack(win.frames))  # type: ignore[arg-type]
 
+        bad = _BadData()
+
+        def decoded_frames() -> Iterator[av.VideoFrame]:
+            """Every good frame; a packet the decoder refuses is skipped, not the end."""
+            for packet in container.demux(stream):  # ends with an empty packet: the flush
+                try:
+                    frames = packet.decode()
+                except (av.error.EOFError, av.error.ExitError):
+                    raise
+                except av.error.FFmpegError as exc:
+                    bad.packet(packet, exc)
+                    if bad.packets > _MAX_BAD_PACKETS:
+                        raise
+                    continue
+                for frame in frames:
+                    if frame.is_corrupt:  # concealed damage: keep the previous frame instead
+                        bad.frame(frame)
+                        continue
+                    yield frame
+
         frame_index = 0
         try:
-            for frame in container.decode(stream):
+            for frame in decoded_frames():
                 t = frame.time
                 if t is None:
                     t = frame_index * (nominal_dt or 1 / 30)
@@ -332,11 +355,19 @@ class ClipReader:
                 yield self._whole_video_clip(kept, windows, end, prev_frame, prev_image)
                 emitted = 1
         info.clips = emitted
+        reasons = []
         if error is not None:
-            info.partial, info.partial_reason = True, f"decoding stopped at {end:.2f}s: {error}"
-        elif meta_duration and end < 0.9 * meta_duration - 0.5:
-            info.partial = True
-            info.partial_reason = f"stream ends at {end:.2f}s of {meta_duration:.2f}s"
+            reasons.append(f"decoding stopped at {end:.2f}s: {error}")
+        elif meta_duration and (
+            end < 0.9 * meta_duration - 0.5
+            # a planned window lost: the data ends well before the length the header gives
+            or (end < meta_duration - 0.5 and self.max_clips is None and emitted < len(starts))
+        ):
+            reasons.append(f"stream ends at {end:.2f}s of {meta_duration:.2f}s")
+        if bad.packets or bad.frames:
+            reasons.append(bad.describe())
+        if reasons:
+            info.partial, info.partial_reason = True, "; ".join(reasons)
         if info.partial:
             log.info("%s: partly decoded: %s", info.uri, info.partial_reason)
 
@@ -361,6 +392,41 @@ class ClipReader:
                 last_frame, self.img_size, self.interpolation)]
         idx = np.round(np.linspace(0, len(got) - 1, self.num_frames)).astype(int)
         return Clip(0, 0.0, end, np.stack([got[i] for i in idx]))
+
+
+@dataclass
+class _BadData:
+    """Corrupt packets and frames skipped while decoding one video."""
+
+    packets: int = 0
+    frames: int = 0
+    first_s: float | None = None
+    last_s: float | None = None
+    error: str = ""
+
+    def _at(self, t: float | None) -> None:
+        if t is not None:
+            self.first_s = t if self.first_s is None else min(self.first_s, t)
+            self.last_s = t if self.last_s is None else max(self.last_s, t)
+
+    def packet(self, packet: av.Packet, exc: BaseException) -> None:
+        self.packets += 1
+        self.error = self.error or _one_line(exc)
+        pts = packet.pts if packet.pts is not None else packet.dts
+        tb = packet.time_base
+        self._at(float(pts * tb) if pts is not None and tb is not None else None)
+
+    def frame(self, frame: av.VideoFrame) -> None:
+        self.frames += 1
+        self._at(frame.time)
+
+    def describe(self) -> str:
+        parts = [f"{n} corrupt {what}" for n, what in
+                 ((self.packets, "packets"), (self.frames, "frames")) if n]
+        where = (f" between {self.first_s:.2f}s and {self.last_s:.2f}s of the stream"
+                 if self.first_s is not None else "")
+        why = f" ({self.error})" if self.error else ""
+        return f"{' and '.join(parts)} skipped{where}{why}"
 
 
 def _to_rgb(frame: av.VideoFrame, size: int, interpolation: str) -> np.ndarray:

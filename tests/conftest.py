@@ -141,3 +141,298 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Any:
     torch.manual_seed(0)
     save_deployment(build_model("small").eval(), path, num_frames=16, img_size=64, untrained=True)
     return path
+
+
+# --- Prefect: one test server for the session ----------------------------------------------------
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[None]:
+    """Every flow of the session runs against one temporary Prefect server and database."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+# --- a fault-injecting HTTP proxy in front of S3 -------------------------------------------------
+# Shared by tests/flows and tests/reliability: `fault_proxy` sits between s3fs and the moto server.
+import contextlib
+import http.client
+import re
+import struct
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Literal
+from urllib.parse import unquote, urlsplit
+
+FaultKind = Literal["status", "reset", "stall"]
+_S3_CODES = {500: "InternalError", 502: "BadGateway", 503: "ServiceUnavailable",
+             504: "GatewayTimeout", 429: "TooManyRequests"}
+_HOP_HEADERS = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding",
+                          "te", "trailer", "upgrade", "expect", "content-length"})
+
+
+@dataclass
+class FaultRule:
+    """Which requests to break and how.
+
+    A request matches when its method equals `method` (any when None), `path` (a regex) is
+    found in its URL-decoded path and query, and `where(method, path)` (when given) is true.
+    The first `skip` matching requests pass; the next `times` (every one when None) get the
+    fault. Kinds: ``status`` answers `status` with an S3 XML error body (`code`, default from
+    the status: 500 InternalError, 503 ServiceUnavailable, ...); ``reset`` closes the
+    connection with a TCP RST; ``stall`` waits `stall_s` seconds, then passes the request on
+    (`then="pass"`) or resets (`then="reset"`). With `after_upstream`, the request reaches S3
+    first and only its response is broken (the write happened, the client does not know).
+    """
+
+    kind: FaultKind
+    method: str | None = None
+    path: str = ".*"
+    where: Callable[[str, str], bool] | None = None
+    status: int = 503
+    code: str | None = None
+    stall_s: float = 0.0
+    then: Literal["pass", "reset"] = "pass"
+    after_upstream: bool = False
+    times: int | None = 1
+    skip: int = 0
+    matched: int = 0
+    injected: int = 0
+
+    def _matches(self, method: str, path: str) -> bool:
+        if self.method is not None and method.upper() != self.method.upper():
+            return False
+        if not re.search(self.path, path):
+            return False
+        return self.where is None or bool(self.where(method, path))
+
+    def take(self, method: str, path: str) -> bool:
+        """Count a request; True when this one gets the fault."""
+        if not self._matches(method, path):
+            return False
+        self.matched += 1
+        if self.matched <= self.skip:
+            return False
+        if self.times is not None and self.injected >= self.times:
+            return False
+        self.injected += 1
+        return True
+
+
+@dataclass(frozen=True)
+class ProxiedRequest:
+    """One request seen by the proxy: method, decoded path, and what it got (status or fault)."""
+
+    method: str
+    path: str
+    outcome: str  # "200", "503", "reset", "stall+200", "200+503" (after_upstream), ...
+    injected: bool
+
+
+@dataclass
+class FaultProxy:
+    """A threaded HTTP proxy forwarding to `upstream` (the moto server), breaking the requests
+    that match its rules. Use `endpoint_url` / `storage_options` where S3's would go."""
+
+    upstream: str
+    rules: list[FaultRule] = field(default_factory=list)
+    log: list[ProxiedRequest] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        target = urlsplit(self.upstream)
+        self._target = (target.hostname or "127.0.0.1", target.port or 80)
+        proxy = self
+
+        class Handler(_ProxyHandler):
+            owner = proxy
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._server.handle_error = lambda request, address: None  # type: ignore[method-assign]
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    @property
+    def storage_options(self) -> dict[str, Any]:
+        """s3fs options through the proxy (fake credentials as for the moto server)."""
+        return {"endpoint_url": self.endpoint_url, "key": "testing", "secret": "testing"}
+
+    # rules
+    def add(self, rule: FaultRule) -> FaultRule:
+        with self._lock:
+            self.rules.append(rule)
+        return rule
+
+    def fail(self, *, status: int = 503, **match: Any) -> FaultRule:
+        """Answer matching requests with an HTTP error (S3 XML body)."""
+        return self.add(FaultRule(kind="status", status=status, **match))
+
+    def reset(self, **match: Any) -> FaultRule:
+        """Reset the TCP connection of matching requests."""
+        return self.add(FaultRule(kind="reset", **match))
+
+    def stall(self, seconds: float, **match: Any) -> FaultRule:
+        """Hold matching requests `seconds` before passing them on (or resetting)."""
+        return self.add(FaultRule(kind="stall", stall_s=seconds, **match))
+
+    def clear(self) -> None:
+        """Drop every rule and the request log."""
+        with self._lock:
+            self.rules.clear()
+            self.log.clear()
+
+    def requests(self, method: str | None = None, path: str = ".*") -> list[ProxiedRequest]:
+        """Logged requests with this method whose path matches the regex `path`."""
+        with self._lock:
+            return [r for r in self.log
+                    if (method is None or r.method == method) and re.search(path, r.path)]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+    # used by the handler
+    def _pick(self, method: str, path: str) -> FaultRule | None:
+        with self._lock:
+            for rule in self.rules:
+                if rule.take(method, path):
+                    return rule
+        return None
+
+    def _record(self, method: str, path: str, outcome: str, injected: bool) -> None:
+        with self._lock:
+            self.log.append(ProxiedRequest(method, path, outcome, injected))
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    owner: FaultProxy
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    def finish(self) -> None:
+        with contextlib.suppress(OSError, ValueError):  # the connection was reset on purpose
+            super().finish()
+
+    def do_GET(self) -> None:
+        self._proxy()
+
+    do_PUT = do_POST = do_DELETE = do_HEAD = do_GET
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _reset(self) -> None:
+        self.close_connection = True
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.connection.close()
+
+    def _send_error_status(self, rule: FaultRule) -> None:
+        code = rule.code or _S3_CODES.get(rule.status, "InternalError")
+        body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
+                f"<Message>injected by the test FaultProxy</Message>"
+                f"<RequestId>fault-proxy</RequestId></Error>").encode()
+        self.send_response_only(rule.status)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", "0" if self.command == "HEAD" else str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _forward(self, body: bytes) -> tuple[int, str, list[tuple[str, str]], bytes]:
+        conn = http.client.HTTPConnection(*self.owner._target, timeout=120)
+        try:
+            conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+            for name, value in self.headers.items():
+                if name.lower() not in _HOP_HEADERS:
+                    conn.putheader(name, value)
+            if body or self.command in ("PUT", "POST"):
+                conn.putheader("Content-Length", str(len(body)))
+            conn.endheaders(body or None)
+            resp = conn.getresponse()
+            data = resp.read()
+            return resp.status, resp.reason, resp.getheaders(), data
+        finally:
+            conn.close()
+
+    def _send_upstream(self, status: int, reason: str, headers: list[tuple[str, str]],
+                       data: bytes) -> None:
+        self.send_response_only(status, reason)
+        length = str(len(data))
+        for name, value in headers:
+            if name.lower() == "content-length" and self.command == "HEAD":
+                length = value
+            elif name.lower() not in _HOP_HEADERS:
+                self.send_header(name, value)
+        self.send_header("Content-Length", length)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def _proxy(self) -> None:
+        owner = self.owner
+        method, path = self.command, unquote(self.path)
+        body = self._read_body()
+        rule = owner._pick(method, path)
+        prefix = ""
+        if rule is not None and rule.kind == "stall":
+            owner._stop.wait(rule.stall_s)
+            if rule.then == "reset":
+                owner._record(method, path, "stall+reset", True)
+                self._reset()
+                return
+            prefix, rule = "stall+", None
+        if rule is not None and not rule.after_upstream:
+            owner._record(method, path, "reset" if rule.kind == "reset" else str(rule.status), True)
+            if rule.kind == "reset":
+                self._reset()
+            else:
+                self._send_error_status(rule)
+            return
+        try:
+            status, reason, headers, data = self._forward(body)
+        except OSError as exc:  # the upstream is gone: tell the client as a gateway would
+            owner._record(method, path, f"upstream {type(exc).__name__}", False)
+            self._send_error_status(FaultRule(kind="status", status=502))
+            return
+        if rule is not None:  # after_upstream: S3 applied the request, the answer is lost
+            lost = str(rule.status) if rule.kind == "status" else "reset"
+            owner._record(method, path, f"{status}+{lost}", True)
+            if rule.kind == "status":
+                self._send_error_status(rule)
+            else:
+                self._reset()
+            return
+        owner._record(method, path, prefix + str(status), bool(prefix))
+        self._send_upstream(status, reason, headers, data)
+
+
+@pytest.fixture
+def fault_proxy(s3_server: Any) -> Iterator[FaultProxy]:
+    """A `FaultProxy` in front of the session's moto server, with no rules yet."""
+    proxy = FaultProxy(s3_server.endpoint_url)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
