@@ -14,6 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from deployments import cli as ops_cli
 from flows import cli_run
 
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -161,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_make_sample_data)
 
     cli_run.register(sub)
+    ops_cli.register(sub)  # pools, doctor
     return parser
 
 
