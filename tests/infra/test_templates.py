@@ -51,6 +51,19 @@ def test_storage_buckets_exist_encrypted(aws_stacks: Stacks) -> None:
         assert rule["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
 
 
+def test_storage_image_repository(aws_stacks: Stacks) -> None:
+    uri = aws_stacks.outputs["storage"]["ImageRepositoryUri"]
+    name = f"{aws_stacks.prefix}-pipeline"
+    assert uri == f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/{name}"
+    (repo,) = aws_stacks.client("ecr").describe_repositories(repositoryNames=[name])["repositories"]
+    assert repo["imageTagMutability"] == "IMMUTABLE"
+    # moto's CloudFormation drops the scan setting: the template says it
+    props = load_template("storage.yaml")["Resources"]["ImageRepository"]["Properties"]
+    assert props["ImageScanningConfiguration"] == {"ScanOnPush": True}
+    rules = json.loads(props["LifecyclePolicy"]["LifecyclePolicyText"])["rules"]
+    assert rules[0]["selection"]["countNumber"] == 30
+
+
 def test_storage_with_existing_archive_and_kms(aws_stacks: Stacks) -> None:
     """An existing archive is not created (nor managed); a KMS key switches every bucket to it."""
     s3, cfn = aws_stacks.client("s3"), aws_stacks.client("cloudformation")
