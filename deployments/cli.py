@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 
 def _cmd_pools(args: argparse.Namespace) -> int:
@@ -19,7 +20,7 @@ def _cmd_pools(args: argparse.Namespace) -> int:
     )
 
     kinds = [args.only] if args.only else ["ecs", "process"]
-    ecs_values: dict = {}
+    ecs_values: dict[str, Any] = {}
     if args.stack and "ecs" in kinds:
         kw = {"region_name": args.region} if args.region else {}
         ecs_values.update(ecs_defaults_from_outputs(stack_outputs(args.stack, **kw)))

@@ -55,6 +55,16 @@ def _client(service: str, endpoint_url: str | None = None) -> Any:
     return boto3.client(service, **kwargs)
 
 
+def _aws_cause(exc: BaseException) -> BaseException | None:
+    """The botocore error (one with a ``response``) in `exc`'s cause chain, if any."""
+    current: BaseException | None = exc
+    for _ in range(10):
+        if current is None or isinstance(getattr(current, "response", None), dict):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def _aws_error(exc: BaseException) -> str:
     """A short reason for an AWS client error: its code and message, or the exception."""
     response = getattr(exc, "response", None)
@@ -118,11 +128,8 @@ def check_writable(uri: str, *, storage_options: Mapping[str, Any] | None = None
     try:
         probe(uri, storage_options)
     except OutputNotWritableError as exc:
-        reason = _without_prefix(str(exc), uri)
-        cause = exc.__cause__
-        while cause is not None and getattr(cause, "response", None) is None:
-            cause = cause.__cause__ or cause.__context__
-        return Check(uri, False, _aws_error(cause) if cause is not None else reason)
+        aws = _aws_cause(exc)
+        return Check(uri, False, _aws_error(aws) if aws else _without_prefix(str(exc), uri))
     return Check(uri, True, "writable (probe written and removed)")
 
 
@@ -154,7 +161,7 @@ def check_model(model: str, *, storage_options: Mapping[str, Any] | None = None)
     except Exception as exc:
         return Check(name, False, f"{uri}: {_aws_error(exc)}")
     try:
-        _, meta = load_deployment(data, expected_labels=None)
+        _, meta = load_deployment(data)  # as inference loads it: the six labels, in order
     except Exception as exc:
         return Check(name, False, f"{uri} does not load: {type(exc).__name__}: {exc}")
     untrained = ", UNTRAINED" if meta.get("untrained") else ""

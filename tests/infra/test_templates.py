@@ -265,6 +265,7 @@ def test_compute_autoscaling_group_of_gpu_instances(aws_stacks: Stacks) -> None:
     assert data["ImageId"] == gpu_ami["Parameter"]["Value"]
     assert data["InstanceType"] == "g5.2xlarge"
     assert data["MetadataOptions"]["HttpTokens"] == "required"
+    assert data["MetadataOptions"]["HttpPutResponseHopLimit"] == 1  # not from containers
     user_data = base64.b64decode(data["UserData"]).decode()
     assert f"ECS_CLUSTER={params['ClusterName']}" in user_data
     assert "ECS_ENABLE_GPU_SUPPORT=true" in user_data
