@@ -3,6 +3,12 @@
 preflight (model loads, output writable) -> list + skip done + plan shards -> map the shard
 task, at most ``shard_concurrency`` at once -> commit the run summary. Wiring only: the work
 lives in ``tasks/``.
+
+``task_runner="dask"``: a flow's task runner is fixed when the flow starts, so listing, planning
+and the shards run in a child flow, ``batch-inference-on-dask``, whose ``DaskTaskRunner`` is
+built from this run's parameters (``dask_address`` or ``dask_local_workers``). All shards are
+submitted at once; the cluster's task slots, and its ``GPU`` resources where workers declare
+them, decide how many run together, and a shard whose worker dies is rerun on another.
 """
 
 from __future__ import annotations
@@ -17,8 +23,9 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import ValidationError
 
+from tasks.cluster import current_dask_client, dask_task_runner, shard_placement
 from tasks.infer import ShardResult, infer_shard
-from tasks.planning import plan_run_task, preflight_task
+from tasks.planning import ModelInfo, RunPlan, plan_run_task, preflight_task
 from tasks.settings import BatchSettings, format_validation_error
 from tasks.summary import build_summary, commit_run_summary
 
@@ -45,6 +52,50 @@ def new_run_id() -> str:
     return f"{now}-{(str(run) if run else uuid.uuid4().hex).replace('-', '')[:8]}"
 
 
+def plan_and_infer(
+    settings: BatchSettings, run_id: str, model: ModelInfo, date: str, *,
+    in_flight: int | None,
+) -> tuple[RunPlan, list[ShardResult], dict[int, str]]:
+    """List + plan, then the shard tasks on the current flow's task runner, at most
+    ``in_flight`` submitted at once (None: all). Returns the plan, the results and the
+    shards that failed (index -> one-line reason)."""
+    logger = get_run_logger()
+    plan = plan_run_task(settings, model.model_version)
+    results: list[ShardResult] = []
+    failed: dict[int, str] = {}
+    running: dict[Any, int] = {}
+    queue = list(plan.shards)
+    limit = in_flight or len(queue)
+    while queue or running:
+        while queue and len(running) < limit:
+            shard = queue.pop(0)
+            future = infer_shard.submit(shard, settings, run_id, model.uri, date)
+            running[future] = shard.shard
+        future = next(iter(as_completed(list(running))))  # the first to finish
+        index = running.pop(future)
+        try:
+            results.append(future.result())
+        except Exception as exc:  # the shard's output could not be written, after retries
+            failed[index] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            logger.error("shard %d failed: %s", index, failed[index])
+    return plan, sorted(results, key=lambda r: r.shard), failed
+
+
+@flow(name="batch-inference-on-dask", validate_parameters=False)
+def plan_and_infer_on_dask(
+    settings: BatchSettings, run_id: str, model: ModelInfo, date: str
+) -> tuple[RunPlan, list[ShardResult], dict[int, str]]:
+    """``plan_and_infer`` with every shard submitted to the Dask cluster of this flow's task
+    runner (set by ``batch_inference``), each needing one GPU where the workers declare GPUs."""
+    with shard_placement() as resources:
+        client = current_dask_client()
+        get_run_logger().info(
+            "Dask cluster %s: %d workers; each shard needs %s", client.scheduler.address,
+            len(client.scheduler_info()["workers"]), resources or "no resource",
+        )
+        return plan_and_infer(settings, run_id, model, date, in_flight=None)
+
+
 @flow(
     name="batch-inference",
     task_runner=ThreadPoolTaskRunner(max_workers=MAX_SHARD_THREADS),
@@ -64,6 +115,9 @@ def batch_inference(
     storage_options: dict[str, Any] | None = None,
     decode_threads: int = 2,
     shard_concurrency: int = 1,
+    task_runner: str = "threads",
+    dask_address: str | None = None,
+    dask_local_workers: int | None = None,
 ) -> dict[str, Any]:
     """Predict every new or changed video under ``source``; write Parquet under ``output``.
 
@@ -80,7 +134,10 @@ def batch_inference(
         reprocess: redo videos already recorded for this model version.
         storage_options: s3fs options (``endpoint_url``, ``profile``, ``anon``...).
         decode_threads: videos decoded at once within a shard.
-        shard_concurrency: shard tasks running at once.
+        shard_concurrency: shard tasks running at once (``task_runner="threads"``).
+        task_runner: ``threads`` (this process) or ``dask`` (a Dask cluster).
+        dask_address: scheduler address of an existing Dask cluster (``tcp://host:8786``).
+        dask_local_workers: or the worker processes of a Dask cluster started for this run.
 
     Returns the run summary (also written to ``runs/<run_id>.json``).
     """
@@ -89,7 +146,8 @@ def batch_inference(
         stride_seconds=stride_seconds, batch_size=batch_size, shard_size=shard_size,
         device=device, max_videos=max_videos, reprocess=reprocess,
         storage_options=storage_options, decode_threads=decode_threads,
-        shard_concurrency=shard_concurrency,
+        shard_concurrency=shard_concurrency, task_runner=task_runner,
+        dask_address=dask_address, dask_local_workers=dask_local_workers,
     )
     logger = get_run_logger()
     started = dt.datetime.now(dt.UTC)
@@ -98,28 +156,17 @@ def batch_inference(
     logger.info("run %s: %s -> %s", run_id, settings.source, settings.output)
 
     model_info = preflight_task(settings)
-    plan = plan_run_task(settings, model_info.model_version)
-
-    results: list[ShardResult] = []
-    failed: dict[int, str] = {}
-    running: dict[Any, int] = {}
-    queue = list(plan.shards)
-    while queue or running:
-        while queue and len(running) < settings.shard_concurrency:
-            shard = queue.pop(0)
-            future = infer_shard.submit(shard, settings, run_id, model_info.uri, date)
-            running[future] = shard.shard
-        future = next(iter(as_completed(list(running))))  # the first to finish
-        index = running.pop(future)
-        try:
-            results.append(future.result())
-        except Exception as exc:  # the shard's output could not be written, after retries
-            failed[index] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
-            logger.error("shard %d failed: %s", index, failed[index])
+    if settings.task_runner == "dask":
+        on_dask = plan_and_infer_on_dask.with_options(task_runner=dask_task_runner(settings))
+        plan, results, failed = on_dask(settings, run_id, model_info, date)
+    else:
+        plan, results, failed = plan_and_infer(
+            settings, run_id, model_info, date, in_flight=settings.shard_concurrency
+        )
 
     summary = build_summary(
         run_id=run_id, settings=settings, model=model_info, plan=plan,
-        results=sorted(results, key=lambda r: r.shard), failed_shards=failed,
+        results=results, failed_shards=failed,
         started_at=started, finished_at=dt.datetime.now(dt.UTC),
     )
     summary["summary_uri"] = commit_run_summary(summary, settings)

@@ -22,6 +22,7 @@ import io
 import logging
 import os
 import queue
+import socket
 import threading
 import time
 from collections import Counter
@@ -67,6 +68,8 @@ class ShardResult:
     infer_s: float = 0.0
     wall_s: float = 0.0
     files: dict[str, Any] = field(default_factory=dict)
+    worker: str = ""
+    """``host:pid`` of the process that ran the shard (a Dask worker, or the flow's own)."""
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict (JSON-friendly)."""
@@ -85,6 +88,13 @@ class _VideoState:
 _PREDICTORS: dict[tuple[str, str, str], Predictor] = {}
 _PREDICTORS_LOCK = threading.Lock()
 _MAX_PREDICTORS = 2
+_PREDICTOR_LOADS = [0]  # deployment files loaded by this process (cache misses)
+
+
+def predictor_cache_info() -> dict[str, int]:
+    """This process's predictor cache: ``loads`` (misses so far) and ``cached`` (held now)."""
+    with _PREDICTORS_LOCK:
+        return {"loads": _PREDICTOR_LOADS[0], "cached": len(_PREDICTORS)}
 
 
 def load_predictor(
@@ -108,6 +118,7 @@ def load_predictor(
                 source.name = model_uri  # so a load error names the URI, not "<bytes>"
             model, metadata = load_deployment(source)
             hit = Predictor(model, metadata, device=device)
+            _PREDICTOR_LOADS[0] += 1
             while len(_PREDICTORS) >= _MAX_PREDICTORS:
                 _PREDICTORS.pop(next(iter(_PREDICTORS)))
             _PREDICTORS[key] = hit
@@ -149,7 +160,8 @@ def process_shard(
     """
     start = time.perf_counter()
     date = date or dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
-    result = ShardResult(shard=shard, videos=len(videos))
+    result = ShardResult(shard=shard, videos=len(videos),
+                         worker=f"{socket.gethostname()}:{os.getpid()}")
     batch_size = settings.batch_size or predictor.preferred_batch_size
     clip_queue: queue.Queue[Any] = queue.Queue(maxsize=settings.clip_queue_depth(batch_size))
     states = [_VideoState(v) for v in videos]

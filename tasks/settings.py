@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 _SECRET_KEYS = ("secret", "key", "token", "password", "session")
+_DASK_SCHEMES = ("tcp", "tls", "ucx", "ws", "wss", "inproc")
 
 
 class BatchSettings(BaseModel):
@@ -47,7 +56,20 @@ class BatchSettings(BaseModel):
         default=None, ge=1, le=4096, description="Decoded clips held in memory (2 x batch, >= 8)."
     )
     shard_concurrency: int = Field(
-        default=1, ge=1, le=256, description="Shard tasks running at once on this machine."
+        default=1, ge=1, le=256,
+        description="Shard tasks running at once on this machine (task_runner threads).",
+    )
+    task_runner: Literal["threads", "dask"] = Field(
+        default="threads",
+        description="Where shard tasks run: threads of this process, or a Dask cluster.",
+    )
+    dask_address: str | None = Field(
+        default=None,
+        description="Scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786 (dask).",
+    )
+    dask_local_workers: int | None = Field(
+        default=None, ge=1, le=256, validate_default=True,
+        description="Worker processes of a Dask cluster started on this machine (dask).",
     )
 
     @field_validator("source", "output", "model")
@@ -69,6 +91,37 @@ class BatchSettings(BaseModel):
         ):
             return value
         raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {value!r}")
+
+    @field_validator("dask_address")
+    @classmethod
+    def _dask_address(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        if info.data.get("task_runner") != "dask":
+            raise ValueError("is only used with task_runner='dask'")
+        value = value.strip()
+        scheme, _, rest = value.rpartition("://")
+        host, _, port = rest.rpartition(":")
+        if (scheme and scheme not in _DASK_SCHEMES) or not host or not port.isdigit():
+            raise ValueError(
+                f"must be a Dask scheduler address like tcp://host:8786, got {value!r}"
+            )
+        return value
+
+    @field_validator("dask_local_workers")
+    @classmethod
+    def _dask_local_workers(cls, value: int | None, info: ValidationInfo) -> int | None:
+        runner, address = info.data.get("task_runner"), info.data.get("dask_address")
+        if runner != "dask":
+            if value is not None:
+                raise ValueError("is only used with task_runner='dask'")
+        elif value is not None and address is not None:
+            raise ValueError("give dask_address (an existing cluster) or dask_local_workers "
+                             "(a local cluster), not both")
+        elif value is None and address is None and "dask_address" in info.data:
+            raise ValueError("task_runner='dask' needs dask_address (an existing cluster) or "
+                             "dask_local_workers (a local cluster)")
+        return value
 
     @model_validator(mode="after")
     def _stride(self) -> BatchSettings:
