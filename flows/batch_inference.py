@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from tasks.cluster import current_dask_client, dask_task_runner, shard_placement
 from tasks.infer import ShardResult, infer_shard
-from tasks.planning import ModelInfo, RunPlan, plan_run_task, preflight_task
+from tasks.planning import ModelInfo, RunPlan, ShardPlan, plan_run_task, preflight_task
 from tasks.settings import BatchSettings, format_validation_error
 from tasks.summary import build_summary, commit_run_summary
 
@@ -63,21 +63,30 @@ def plan_and_infer(
     plan = plan_run_task(settings, model.model_version)
     results: list[ShardResult] = []
     failed: dict[int, str] = {}
-    running: dict[Any, int] = {}
-    queue = list(plan.shards)
-    limit = in_flight or len(queue)
-    while queue or running:
-        while queue and len(running) < limit:
-            shard = queue.pop(0)
-            future = infer_shard.submit(shard, settings, run_id, model.uri, date)
-            running[future] = shard.shard
-        future = next(iter(as_completed(list(running))))  # the first to finish
-        index = running.pop(future)
+
+    def collect(future: Any, index: int) -> None:
         try:
             results.append(future.result())
         except Exception as exc:  # the shard's output could not be written, after retries
             failed[index] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
             logger.error("shard %d failed: %s", index, failed[index])
+
+    def submit(shard: ShardPlan) -> Any:
+        return infer_shard.submit(shard, settings, run_id, model.uri, date)
+
+    if in_flight is None:  # the task runner queues them: submit all, collect as they finish
+        running = {submit(shard): shard.shard for shard in plan.shards}
+        for future in as_completed(list(running)):
+            collect(future, running[future])
+        return plan, sorted(results, key=lambda r: r.shard), failed
+    running = {}
+    queue = list(plan.shards)
+    while queue or running:
+        while queue and len(running) < in_flight:
+            shard = queue.pop(0)
+            running[submit(shard)] = shard.shard
+        future = next(iter(as_completed(list(running))))  # the first to finish
+        collect(future, running.pop(future))
     return plan, sorted(results, key=lambda r: r.shard), failed
 
 

@@ -89,8 +89,10 @@ def preflight(settings: BatchSettings) -> ModelInfo:
     from tasks.infer import load_predictor
 
     uri = resolve_model_uri(settings.model, settings.storage_options)
+    # on Dask the workers run the model (and check their device); this process may have no GPU
+    device = "cpu" if settings.task_runner == "dask" else settings.device
     try:
-        predictor = load_predictor(uri, settings.device, settings.storage_options)
+        predictor = load_predictor(uri, device, settings.storage_options)
     except FileNotFoundError as exc:
         raise CheckpointError(uri, "no such model file") from exc
     check_writable(settings.output, settings.storage_options)

@@ -20,11 +20,14 @@ import distributed
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from emotion_model.labels import EMOTION_LABELS
 from emotion_model.synthetic import encode_video, make_test_pattern
 from flows.batch_inference import batch_inference, make_settings
+from tasks.cluster import local_cluster
 from tasks.infer import predictor_cache_info
+from tasks.planning import preflight
 
 PROBS = [f"prob_{label}" for label in EMOTION_LABELS]
 SECONDS = (1.0, 2.5, 1.5, 2.0, 0.8, 2.2, 1.2, 3.0)
@@ -49,7 +52,7 @@ def params(videos: Path, model_path: Path, output: Path, **extra: Any) -> dict[s
             "clip_seconds": 1.0, "shard_size": 2, "batch_size": 1, "device": "cpu", **extra}
 
 
-def local_cluster(**kwargs: Any) -> distributed.LocalCluster:
+def two_worker_cluster(**kwargs: Any) -> distributed.LocalCluster:
     """A cluster of 2 worker processes on 127.0.0.1, each under a nanny."""
     return distributed.LocalCluster(n_workers=2, processes=True, host="127.0.0.1",
                                     dashboard_address=None, **kwargs)
@@ -60,9 +63,12 @@ def gpu_cluster() -> Iterator[tuple[Any, Any]]:
     """2 worker processes, 2 task slots each, each declaring one GPU (as
     ``dask-worker --nthreads 2 --resources GPU=1``); yields (cluster, client). Shared by the
     tests below (a worker killed by one is restarted by its nanny)."""
-    with local_cluster(threads_per_worker=2, resources={"GPU": 1}) as cluster, \
+    environ = dict(os.environ)  # the nanny exports its worker settings into this process
+    with two_worker_cluster(threads_per_worker=2, resources={"GPU": 1}) as cluster, \
             distributed.Client(cluster) as client:
         yield cluster, client
+    os.environ.clear()
+    os.environ.update(environ)
 
 
 class ShardConcurrency(distributed.WorkerPlugin):
@@ -159,6 +165,19 @@ def test_runner_settings_accept_an_address_or_a_worker_count() -> None:
     assert make_settings(source="videos", model="model.safetensors").task_runner == "threads"
 
 
+def test_preflight_of_a_dask_run_loads_the_model_on_this_machines_cpu(
+    model_path: Path, tmp_path: Path
+) -> None:
+    """The flow process of a Dask run needs no GPU: the workers run the model on theirs."""
+    base = {"source": "videos", "model": str(model_path), "output": str(tmp_path),
+            "device": "cuda"}
+    info = preflight(make_settings(**base, task_runner="dask", dask_local_workers=1))
+    assert info.untrained and len(info.model_version) == 12
+    if not torch.cuda.is_available():  # the threads runner runs the model here: refused
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            preflight(make_settings(**base))
+
+
 # --- the runs ------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_dask_local_workers_predict_what_the_threads_runner_predicts(
@@ -180,6 +199,20 @@ def test_dask_local_workers_predict_what_the_threads_runner_predicts(
     pd.testing.assert_frame_equal(a[same], b[same])
     np.testing.assert_allclose(a[PROBS].to_numpy(), b[PROBS].to_numpy(), rtol=0, atol=1e-6)
     assert set(a["run_id"]) == {threads["run_id"]} and set(b["run_id"]) == {dask["run_id"]}
+
+
+@pytest.mark.slow
+def test_local_cluster_workers_get_their_torch_threads_and_glibc_defaults() -> None:
+    keys = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_", "OMP_WAIT_POLICY")
+    before = {k: os.environ.get(k) for k in keys}
+    with local_cluster(n_workers=1, torch_threads=2) as cluster, \
+            distributed.Client(cluster) as client:
+        assert list(client.nthreads().values()) == [1]  # one shard at a time
+        assert client.submit(_torch_threads, pure=False).result() == 2  # in a task's thread
+        (worker_env,) = client.run(lambda: {k: os.environ.get(k) for k in keys}).values()
+        assert worker_env["MALLOC_TRIM_THRESHOLD_"] == before["MALLOC_TRIM_THRESHOLD_"]
+        assert worker_env["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert {k: os.environ.get(k) for k in keys} == before  # this process's environment is back
 
 
 @pytest.mark.slow
@@ -260,6 +293,4 @@ def test_gpu_workers_run_one_shard_at_a_time_and_load_the_model_once(
 
 
 def _torch_threads() -> int:
-    import torch
-
     return torch.get_num_threads()
