@@ -12,7 +12,6 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
-    model_validator,
 )
 
 _SECRET_KEYS = ("secret", "key", "token", "password", "session")
@@ -123,11 +122,14 @@ class BatchSettings(BaseModel):
                              "dask_local_workers (a local cluster)")
         return value
 
-    @model_validator(mode="after")
-    def _stride(self) -> BatchSettings:
-        if self.stride_seconds is not None and self.stride_seconds > 10 * self.clip_seconds:
-            raise ValueError("stride_seconds must be at most 10 x clip_seconds")
-        return self
+    @field_validator("stride_seconds")
+    @classmethod
+    def _stride(cls, value: float | None, info: ValidationInfo) -> float | None:
+        # a field validator (not a model one), so the error names 'stride_seconds'
+        clip = info.data.get("clip_seconds")
+        if value is not None and clip is not None and value > 10 * clip:
+            raise ValueError(f"must be at most 10 x clip_seconds ({10 * clip:g}), got {value:g}")
+        return value
 
     def clip_queue_depth(self, batch_size: int) -> int:
         """Bound of the decoded-clip queue: ``queue_depth``, or twice the batch (at least 8)."""
