@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from deployments import cli as ops_cli
-from flows import cli_run
+from flows import cli_run, cli_train
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, soft_wrap=True)
@@ -162,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_make_sample_data)
 
     cli_run.register(sub)
+    cli_train.register(sub)
     ops_cli.register(sub)  # pools, doctor
     return parser
 
