@@ -97,3 +97,27 @@ def test_run_key_ignores_where_and_how_but_not_what() -> None:
                                              lr=2e-3).run_key()
     assert base.checkpoint_uri == f"/r/training/{base.run_key()}"
     assert base.cache_uri == "/r/cache"
+
+
+def test_initial_model_from_init_and_from_kinetics(tmp_path: Path) -> None:
+    from emotion_model.checkpoint import save_deployment
+    from emotion_model.model import build_model
+    from tasks.training import initial_model
+
+    torch.manual_seed(5)
+    donor = build_model("small")
+    save_deployment(donor, tmp_path / "donor.safetensors", num_frames=16, img_size=64)
+    tuned = initial_model(RetrainSettings(sources=["/d"], registry="/r", preset="small",
+                                          init=str(tmp_path / "donor.safetensors")))
+    assert tuned.training
+    for name, value in donor.state_dict().items():
+        assert torch.equal(tuned.state_dict()[name], value), name
+
+    torch.manual_seed(6)
+    kinetics = {k.removeprefix("backbone."): v for k, v in build_model("r50").state_dict().items()
+                if k.startswith("backbone.") and ".act_b." not in k}
+    torch.save({"model_state": kinetics}, tmp_path / "SLOWFAST_8x8_R50.pyth")
+    model = initial_model(RetrainSettings(sources=["/d"], registry="/r",
+                                          pretrained=str(tmp_path / "SLOWFAST_8x8_R50.pyth")))
+    state = model.state_dict()
+    assert all(torch.equal(state[f"backbone.{k}"], v) for k, v in kinetics.items())
