@@ -16,7 +16,7 @@ from emotion_model.errors import CheckpointError
 from tasks import progress
 from tasks.listing import Listing, VideoObject, list_videos
 from tasks.settings import BatchSettings
-from tasks.sink import read_done_keys
+from tasks.sink import read_done_keys, sweep_orphan_predictions
 from tasks.storage import check_writable, join, read_bytes, retry_transient
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,8 @@ class RunPlan:
     skipped_done: int
     truncated: int
     examples_not_video: list[str] = field(default_factory=list)
+    orphans_removed: list[str] = field(default_factory=list)
+    """predictions files of shards that died before their videos file (see sink)."""
 
     @property
     def to_process(self) -> int:
@@ -113,6 +115,7 @@ def plan_run(settings: BatchSettings, model_version: str) -> RunPlan:
         settings.source, settings.storage_options, max_videos=None
     )
     videos = listing.videos
+    orphans = sweep_orphan_predictions(settings.output, settings.storage_options)
     skipped_done = 0
     if not settings.reprocess:
         done = read_done_keys(settings.output, model_version, settings.storage_options)
@@ -135,6 +138,7 @@ def plan_run(settings: BatchSettings, model_version: str) -> RunPlan:
         skipped_done=skipped_done,
         truncated=truncated,
         examples_not_video=list(listing.skipped_not_video_examples),
+        orphans_removed=orphans,
     )
 
 

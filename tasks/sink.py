@@ -503,3 +503,48 @@ def read_done_keys(
         )
         keys.update(zip(bad["video_uri"].to_pylist(), bad["video_etag"].to_pylist(), strict=True))
     return {(uri, etag) for uri, etag in keys if uri is not None and etag is not None}
+
+
+ORPHAN_AGE_S = 3600.0
+"""A ``predictions`` file with no ``videos`` file beside it is a dead shard's once it is this
+old: a live shard writes ``videos`` milliseconds after ``predictions`` (retries: about a minute)."""
+
+
+def sweep_orphan_predictions(
+    output: str,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    older_than_s: float = ORPHAN_AGE_S,
+) -> list[str]:
+    """Delete ``predictions`` files whose shard never wrote its ``videos`` file; return them.
+
+    A process killed between a shard's ``predictions`` and ``videos`` writes leaves clip rows
+    for videos that are not marked done; the next run redoes those videos, so without this
+    sweep their clips would appear twice. Files younger than ``older_than_s`` are left alone
+    (their shard may still be committing).
+    """
+    base = join(output, "predictions")
+    fs, path = resolve(base, storage_options)
+    removed = []
+    now = dt.datetime.now(dt.UTC)
+    for name in _parquet_files(fs, path, base):
+        relative = name[len(path):].lstrip("/")  # date=YYYY-MM-DD/<run_id>-<shard>.parquet
+        sibling = join(output, "videos", relative)
+        sfs, spath = resolve(sibling, storage_options)
+        if with_retries(lambda p=spath, f=sfs: f.exists(p), what=f"stat {sibling}"):
+            continue
+        info = with_retries(lambda n=name: fs.info(n), what=f"stat {base}/{relative}")
+        modified = info.get("LastModified") or info.get("mtime") or info.get("created")
+        if isinstance(modified, int | float):
+            modified = dt.datetime.fromtimestamp(modified, dt.UTC)
+        if not isinstance(modified, dt.datetime):
+            continue  # unknown age: keep it
+        if modified.tzinfo is None:
+            modified = modified.replace(tzinfo=dt.UTC)
+        if (now - modified).total_seconds() < older_than_s:
+            continue
+        uri = join(base, relative)
+        if remove_file(uri, storage_options):
+            logger.warning("removed %s: its shard died before writing its videos file", uri)
+            removed.append(uri)
+    return removed

@@ -462,3 +462,24 @@ def shared_data() -> _Path:
     if not (_SHARED_DATA / "crema_d").is_dir() or not (_SHARED_DATA / "ravdess").is_dir():
         pytest.skip(f"no real clips in {', '.join(map(str, _SHARED_CANDIDATES))}")
     return _SHARED_DATA
+
+
+# --- drawn-face sample data (synthetic, RAVDESS or CREMA-D names), rendered once per session -----
+@pytest.fixture(scope="session")
+def face_videos(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """``face_videos(layout, takes, seconds)``: a folder of 6 actors x 6 emotions x ``takes`` of
+    96x96 15 fps drawn faces (seed 0), rendered on first use and shared by the session."""
+    from emotion_model.synthetic import make_sample_dataset
+
+    made: dict[tuple[str, int, float], _Path] = {}
+
+    def make(layout: str = "ravdess", takes: int = 1, seconds: float = 2.0) -> _Path:
+        key = (layout, takes, seconds)
+        if key not in made:
+            root = tmp_path_factory.mktemp(f"faces-{layout}-{takes}")
+            make_sample_dataset(root, actors=6, layout=layout, takes_per_emotion=takes,
+                                seconds=seconds, fps=15, size=(96, 96), seed=0)
+            made[key] = root
+        return made[key]
+
+    return make

@@ -20,7 +20,6 @@ import pandas as pd
 import pytest
 import torch
 
-from emotion_model.synthetic import make_sample_dataset
 from flows.batch_inference import batch_inference
 from flows.cli import main
 from flows.retrain import make_retrain_settings, retrain
@@ -47,12 +46,9 @@ def two_threads() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def sample_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def sample_data(face_videos: Any) -> Path:
     """6 actors x 6 emotions x 4 takes of drawn faces in the RAVDESS layout (144 videos)."""
-    root = tmp_path_factory.mktemp("ravdess")
-    make_sample_dataset(root, actors=6, layout="ravdess", takes_per_emotion=4, seconds=2.0,
-                        fps=15, size=(96, 96), seed=0)
-    return root
+    return face_videos("ravdess", takes=4)
 
 
 @pytest.fixture(scope="module")
@@ -133,11 +129,9 @@ def test_worse_candidate_stays_out_unless_forced(trained: dict[str, Any], sample
 
 
 @pytest.fixture(scope="module")
-def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def small_data(face_videos: Any) -> Path:
     """6 actors x 6 emotions x 1 take, in the CREMA-D layout (36 videos)."""
-    root = tmp_path_factory.mktemp("crema")
-    make_sample_dataset(root, actors=6, layout="crema-d", seconds=1.5, fps=15, size=(96, 96))
-    return root
+    return face_videos("crema-d", takes=1, seconds=1.5)
 
 
 def _cli_args(data: Path, registry: Path, epochs: int) -> list[str]:

@@ -29,7 +29,6 @@ import pytest
 import s3fs
 
 from emotion_model.checkpoint import load_deployment
-from emotion_model.synthetic import make_sample_dataset
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -136,12 +135,9 @@ class Loopback:
 
 
 @pytest.fixture(scope="module")
-def sample_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def sample_data(face_videos: Any) -> Path:
     """6 actors x 6 emotions x 1 take of drawn faces, RAVDESS layout (36 videos)."""
-    root = tmp_path_factory.mktemp("ravdess")
-    make_sample_dataset(root, actors=6, layout="ravdess", takes_per_emotion=1, seconds=2.0,
-                        fps=15, size=(96, 96), seed=0)
-    return root
+    return face_videos("ravdess", takes=1)
 
 
 @pytest.fixture(scope="module")

@@ -85,3 +85,35 @@ def test_sigkill_mid_shard_then_next_run_completes_exactly_once(
     assert_counts_add_up(summary)
     # over both runs: every video exactly once, no clip twice
     assert_each_video_once(output, {f"s3://{bucket}/videos/{k}" for k in KEYS}, so)
+
+
+def test_killed_between_predictions_and_videos_writes_leaves_no_duplicate_clips(
+    prefect_server: None, model_path: Path, tmp_path: Path
+) -> None:
+    """The narrow window: a shard's predictions file written, its videos file never. The next
+    run sweeps the dead shard's predictions (older than ORPHAN_AGE_S) before redoing its
+    videos, so every clip appears once; a young orphan (a shard still committing) is kept."""
+    from tasks.sink import ORPHAN_AGE_S, sweep_orphan_predictions
+
+    source, output = tmp_path / "videos", tmp_path / "out"
+    for i, key in enumerate(KEYS):
+        encode_video(source / key, make_test_pattern(12, 48, 48, seed=i), fps=6)
+    first = batch_inference(source=str(source), model=str(model_path), output=str(output),
+                            shard_size=2)
+    videos_files = sorted((output / "videos").rglob("*.parquet"))
+    assert len(videos_files) == 2
+    dead = videos_files[0]
+    dead.unlink()  # the process died right after this shard's predictions PUT
+    orphan = output / "predictions" / dead.relative_to(output / "videos")
+    assert orphan.exists()
+    assert sweep_orphan_predictions(str(output)) == []  # young: it may still be committing
+    old = time.time() - ORPHAN_AGE_S - 60
+    os.utime(orphan, (old, old))
+
+    second = batch_inference(source=str(source), model=str(model_path), output=str(output),
+                             shard_size=2)
+    assert not orphan.exists()
+    assert second["counts"]["succeeded"] == 2 and second["counts"]["skipped_done"] == 2
+    assert_counts_add_up(first)
+    assert_counts_add_up(second)
+    assert_each_video_once(str(output), {str(source / k) for k in KEYS})
