@@ -12,6 +12,9 @@ _os.environ.setdefault("PREFECT_HOME", _PREFECT_HOME)
 _os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 _os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 _os.environ.pop("PREFECT_API_URL", None)
+# OpenMP threads that spin while waiting thrash when the two cores are shared (measured: a
+# 3 s training epoch took 100 s beside another busy process); wait passively in tests.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # --- S3 through a local moto server --------------------------------------------------------------
 # The pipeline reaches this server exactly as it reaches AWS: s3fs/boto3 with an endpoint_url.
