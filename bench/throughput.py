@@ -235,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
 
     n720 = args.videos_720p if args.videos_720p is not None else (4 if args.quick else 16)
     n360 = args.videos_360p if args.videos_360p is not None else (4 if args.quick else 16)
-    inputs = Path(args.inputs or Path(tempfile.gettempdir()) / "emotion-bench-inputs")
+    # One folder per input set: --quick must not pick up the clips of an earlier full run.
+    inputs = Path(args.inputs or Path(tempfile.gettempdir()) /
+                  f"emotion-bench-inputs-{n720}x720p-{n360}x360p")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -257,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     print(f"\n{info['cpu']} x{info['cores']}, torch {info['torch']}, gpu: {info['gpu']}")
     print(f"inputs: {n720} x 1280x720 + {n360} x 480x360 H.264 clips of 3.5 s, plus real clips;"
-          f" {args.clip_frames} frames at {args.img_size} px per clip, batch {args.batch_size}")
+          f" {args.clip_frames} frames at {args.img_size} px per clip, batch "
+          f"{args.batch_size or 'auto (CPU 2, GPU 32)'}")
     header = (f"{'model':6} {'clips':>5} {'pipeline':>9} {'compute':>9} {'decode':>9} "
               f"{'ceiling':>9} {'card':>7} {'pipe/comp':>9} {'pipe/ceil':>9} {'pipe/card':>9} "
               f"{'RSS MB':>7}")
