@@ -252,6 +252,24 @@ def encode_video(
 # Test pattern
 # ---------------------------------------------------------------------------------------------
 
+
+def encode_audio_only(path: str | Path, seconds: float = 1.0) -> Path:
+    """Write an .mp4 holding one AAC tone (440 Hz, mono) and no video stream."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rate, n = 16_000, 1024
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=rate)
+        stream.layout = "mono"
+        for i in range(int(seconds * rate / n)):
+            t = (np.arange(n) + i * n) / rate
+            samples = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None, :]
+            frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = rate, i * n
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
 def _counter_layout(height: int, width: int) -> tuple[int, int, int]:
     """Bits, block width and bar height of the frame-index bar on top of a test pattern."""
     bits = max(1, min(16, width // 8))

@@ -10,11 +10,15 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
-from emotion_model.synthetic import available_encoders, encode_video, make_test_pattern
+from emotion_model.synthetic import (
+    available_encoders,
+    encode_audio_only,
+    encode_video,
+    make_test_pattern,
+)
 
 # --- videos --------------------------------------------------------------------------------------
 
@@ -103,23 +107,6 @@ NOT_VIDEO_KEYS = ("stills/poster.jpg",)
 """Objects that are not videos by extension: counted in ``skipped_not_video``, no row."""
 
 
-def write_audio_only_mp4(path: Path, seconds: float = 1.0) -> Path:
-    """An .mp4 holding one AAC audio stream and no video."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rate, n = 16000, 1024
-    with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream("aac", rate=rate)
-        stream.layout = "mono"
-        for i in range(int(seconds * rate / n)):
-            t = (np.arange(n) + i * n) / rate
-            samples = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None, :]
-            frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = rate, i * n
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-    return path
-
-
 def write_bad_files(root: Path) -> dict[str, Path]:
     """The bad objects of `BAD_EXPECTED` plus the non-videos of `NOT_VIDEO_KEYS` under `root`."""
     out: dict[str, Path] = {}
@@ -137,7 +124,7 @@ def write_bad_files(root: Path) -> dict[str, Path]:
     text = root / "bad/text_renamed.mp4"
     text.write_text("this is a text file, renamed to .mp4\n" * 40)
     out["bad/text_renamed.mp4"] = text
-    out["bad/audio_only.mp4"] = write_audio_only_mp4(root / "bad/audio_only.mp4")
+    out["bad/audio_only.mp4"] = encode_audio_only(root / "bad/audio_only.mp4")
     for key in NOT_VIDEO_KEYS:
         out[key] = encode_video(root / key, make_test_pattern(1, 48, 64, seed=5), fps=1,
                                 codec="mjpeg", container_format="image2")

@@ -14,7 +14,7 @@ import av
 import numpy as np
 import pandas as pd
 
-from emotion_model.synthetic import encode_video, make_test_pattern
+from emotion_model.synthetic import encode_audio_only, encode_video, make_test_pattern
 from tasks.sink import read_table
 
 X264_FAST = {"preset": "ultrafast"}
@@ -64,23 +64,6 @@ def with_rotation(data: bytes, degrees: int) -> bytes:
                     struct.pack_into(">9i", out, offset, *matrix)
                     return bytes(out)
     raise ValueError("no tkhd box")
-
-
-def write_audio_only(path: Path) -> Path:
-    """An .mp4 with one second of an AAC tone and no video stream."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rate, n = 16_000, 1024
-    with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream("aac", rate=rate)
-        stream.layout = "mono"
-        for i in range(rate // n):
-            t = (np.arange(n) + i * n) / rate
-            samples = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None, :]
-            frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = rate, i * n
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-    return path
 
 
 def write_still_jpeg(path: Path) -> Path:
@@ -171,7 +154,7 @@ def build_inputs(root: Path) -> Inputs:
     bad["bad/random_bytes.mp4"] = CORRUPT
     put("bad/no_moov.mp4", without_moov(full))
     bad["bad/no_moov.mp4"] = CORRUPT
-    write_audio_only(root / "bad/audio_only.mp4")
+    encode_audio_only(root / "bad/audio_only.mp4")
     bad["bad/audio_only.mp4"] = {"NoVideoStreamError"}
     write_still_jpeg(root / "bad/still_image.mp4")
     bad["bad/still_image.mp4"] = {"NoVideoStreamError"}
