@@ -62,7 +62,7 @@ class ClipIndex:
     @classmethod
     def build(cls, examples: Sequence[Example], cache: ClipCache) -> ClipIndex:
         """Index all clips of ``examples`` (which must be cached)."""
-        items = [(i, c) for i, e in enumerate(examples) for c in range(len(cache.load(e)))]
+        items = [(i, c) for i, e in enumerate(examples) for c in range(cache.count(e))]
         return cls(examples=examples, items=items)
 
     def batch(self, cache: ClipCache, positions: Sequence[int]) -> tuple[Tensor, Tensor]:

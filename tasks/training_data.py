@@ -297,7 +297,7 @@ class ClipCache:
             self.local_dir = root / hashlib.sha256(uri.encode()).hexdigest()[:12]
         else:
             self.local_dir = Path(resolve(uri)[1])
-        self._arrays: dict[str, np.ndarray] = {}
+        self._counts: dict[str, int] = {}
 
     def entry_uri(self, example: Example) -> str:
         """Where ``example``'s clips are (or will be) in the cache."""
@@ -324,18 +324,28 @@ class ClipCache:
         if self.remote:
             atomic_write_bytes(str(self._local_path(example)), data)
 
+    def _local_copy(self, example: Example) -> Path:
+        path = self._local_path(example)
+        if self.remote and not path.exists():
+            atomic_write_bytes(str(path), read_bytes(self.entry_uri(example),
+                                                     self.storage_options))
+        return path
+
     def load(self, example: Example) -> np.ndarray:
-        """The cached clips of ``example``, memory-mapped (read-only)."""
+        """The cached clips of ``example``, memory-mapped (read-only; no file stays open)."""
+        return np.load(self._local_copy(example), mmap_mode="r", allow_pickle=False)
+
+    def count(self, example: Example) -> int:
+        """How many clips ``example`` has in the cache (read from the ``.npy`` header)."""
         key = cache_key(example, self.spec)
-        array = self._arrays.get(key)
-        if array is None:
-            path = self._local_path(example)
-            if self.remote and not path.exists():
-                atomic_write_bytes(str(path), read_bytes(self.entry_uri(example),
-                                                         self.storage_options))
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-            self._arrays[key] = array
-        return array
+        if key not in self._counts:
+            with open(self._local_copy(example), "rb") as fh:
+                major, _ = np.lib.format.read_magic(fh)
+                read_header = (np.lib.format.read_array_header_1_0 if major == 1
+                               else np.lib.format.read_array_header_2_0)
+                shape, _, _ = read_header(fh)
+            self._counts[key] = int(shape[0])
+        return self._counts[key]
 
 
 def decode_training_clips(example: Example, spec: ClipSpec,
