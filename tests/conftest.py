@@ -459,11 +459,12 @@ _SHARED_DATA = next(
 
 @pytest.fixture(scope="session")
 def shared_data() -> _Path:
-    """The real RAVDESS / CREMA-D clips (read only). The issues ask for them "when present":
-    they are not in the repository (licences), so a checkout far from the workplace's shared
-    folder skips these tests, saying where it looked."""
+    """The real RAVDESS / CREMA-D clips (read only). They are not in the repository (their
+    README forbids copying them in); a checkout that cannot see them fails these tests, saying
+    where it looked and how to point at them, rather than skipping them."""
     if not (_SHARED_DATA / "crema_d").is_dir() or not (_SHARED_DATA / "ravdess").is_dir():
-        pytest.skip(f"no real clips in {', '.join(map(str, _SHARED_CANDIDATES))}")
+        pytest.fail(f"no real clips in {', '.join(map(str, _SHARED_CANDIDATES))}: set "
+                    "EMOTION_PIPELINE_SHARED_DATA to the folder holding crema_d/ and ravdess/")
     return _SHARED_DATA
 
 
