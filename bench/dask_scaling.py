@@ -37,7 +37,8 @@ sys.path.insert(0, str(ROOT))
 def make_inputs(folder: Path, *, n: int, seconds: float) -> list[Path]:
     """``n`` short 480x360 30 fps H.264 videos (drawn faces), one clip each at 4 s clips."""
     from emotion_model.labels import EMOTION_LABELS
-    from emotion_model.synthetic import encode_video, render_face_clip
+    from emotion_model.sample_data import render_face_clip
+    from emotion_model.video_writer import encode_video
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -75,7 +76,7 @@ def measure(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
 
     from emotion_model.checkpoint import save_deployment
     from emotion_model.model import build_model
-    from tasks.cluster import local_cluster
+    from tasks.batch.cluster import local_cluster
 
     videos = make_inputs(work / "videos", n=args.videos, seconds=args.seconds)
     model_path = work / f"{args.model}.safetensors"

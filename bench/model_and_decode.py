@@ -72,8 +72,9 @@ def model_numbers() -> dict[str, Any]:
 
 def decode_numbers() -> dict[str, Any]:
     """ClipReader vs ffmpeg on one 1280x720 30 fps H.264 clip of 3.5 s."""
-    from emotion_model.synthetic import encode_video, render_face_clip
+    from emotion_model.sample_data import render_face_clip
     from emotion_model.video import ClipReader
+    from emotion_model.video_writer import encode_video
 
     tmp = Path(tempfile.mkdtemp())
     clip = tmp / "clip.mp4"

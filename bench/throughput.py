@@ -44,7 +44,8 @@ SHARED_DATA = next(
 def make_inputs(folder: Path, *, n720: int, n360: int, seconds: float) -> list[Path]:
     """Encode the benchmark's videos (drawn faces, H.264) and copy in the real clips."""
     from emotion_model.labels import EMOTION_LABELS
-    from emotion_model.synthetic import encode_video, render_face_clip
+    from emotion_model.sample_data import render_face_clip
+    from emotion_model.video_writer import encode_video
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []

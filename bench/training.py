@@ -28,16 +28,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from emotion_model.synthetic import make_sample_dataset  # noqa: E402
-from tasks.retrain_settings import RetrainSettings  # noqa: E402
-from tasks.training import train  # noqa: E402
-from tasks.training_data import (  # noqa: E402
-    ClipCache,
-    ClipSpec,
-    build_cache,
-    collect_examples,
-    split_by_actor,
-)
+from emotion_model.sample_data import make_sample_dataset  # noqa: E402
+from tasks.training.clip_cache import ClipCache, ClipSpec, build_cache  # noqa: E402
+from tasks.training.data import collect_examples  # noqa: E402
+from tasks.training.loop import train  # noqa: E402
+from tasks.training.settings import RetrainSettings  # noqa: E402
+from tasks.training.split import split_by_actor  # noqa: E402
 
 
 def measure(preset: str, data: Path, work: Path, args: argparse.Namespace) -> dict[str, Any]:

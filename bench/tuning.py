@@ -1,7 +1,7 @@
 """The CPU tuning candidates of the benchmarks issue, each against its baseline in the same run.
 
 Prepares its own inputs (drawn-face 1280x720 30 fps H.264 clips of 3.5 s made with
-``emotion_model.synthetic``) and measures, alternating baseline and variant repeats (so load
+``emotion_model.sample_data``) and measures, alternating baseline and variant repeats (so load
 from other processes on the machine falls on both alike), reporting medians and median ratios:
 
 - ``nonref``:  decoding with ``codec_context.skip_frame = "NONREF"`` vs every frame (raw decode and
@@ -10,7 +10,7 @@ from other processes on the machine falls on both alike), reporting medians and 
 - ``compile``: ``torch.compile`` of the model (compile time, steady-state ms per clip) vs eager
 - ``bf16``:    ``torch.autocast("cpu", torch.bfloat16)`` vs fp32, and the probability difference
 - ``onnx``:    ONNX Runtime (``emotion_model.export``, CPU provider, 2 intra-op threads) vs eager
-- ``queue``:   ``tasks.infer.process_shard`` with queue_depth 4, 8 (the default), 16, 32
+- ``queue``:   ``tasks.batch.infer.process_shard`` with queue_depth 4, 8 (the default), 16, 32
 - ``card``:    the model card's decode alone (cv2, one CAP_PROP_POS_FRAMES seek per sampled frame)
                vs ``ClipReader``'s single pass, seconds per video
 
@@ -79,7 +79,8 @@ def make_video(path: Path, seconds: float, height: int = 720, width: int = 1280,
                options: dict[str, str] | None = None, seed: int = 0) -> Path:
     """A drawn-face H.264 clip at 30 fps (x264 defaults unless ``options``)."""
     from emotion_model.labels import EMOTION_LABELS
-    from emotion_model.synthetic import encode_video, render_face_clip
+    from emotion_model.sample_data import render_face_clip
+    from emotion_model.video_writer import encode_video
 
     if not path.exists():
         frames = render_face_clip(EMOTION_LABELS[seed % 6], actor_seed=seed,
@@ -369,9 +370,9 @@ def queue_section(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from emotion_model.predict import Predictor
-    from tasks.infer import process_shard
-    from tasks.listing import VideoObject
-    from tasks.settings import BatchSettings
+    from tasks.batch.infer import process_shard
+    from tasks.batch.settings import BatchSettings
+    from tasks.common.listing import VideoObject
 
     videos = [make_video(folder / f"in{i}.mp4", 3.5, seed=i) for i in range(args.videos)]
     objects = [VideoObject(uri=str(p), size=p.stat().st_size, etag=f"e{i}")

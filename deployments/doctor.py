@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from emotion_model.errors import one_line
+
 _TIMEOUTS = {"connect_timeout": 5, "read_timeout": 20, "retries": {"max_attempts": 2}}
 
 
@@ -32,12 +34,7 @@ class Check:
 
     def line(self) -> str:
         """``ok    <name>: <detail>`` or ``FAIL  <name>: <detail>``, on one line."""
-        return f"{'ok  ' if self.ok else 'FAIL'}  {self.name}: {_one_line(self.detail)}"
-
-
-def _one_line(text: object, limit: int = 300) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
+        return f"{'ok  ' if self.ok else 'FAIL'}  {self.name}: {one_line(self.detail, 300)}"
 
 
 def _without_prefix(message: str, uri: str) -> str:
@@ -122,8 +119,8 @@ def check_s3_readable(uri: str, *, endpoint_url: str | None = None) -> Check:
 
 def check_writable(uri: str, *, storage_options: Mapping[str, Any] | None = None) -> Check:
     """`uri` (an output folder or ``s3://`` prefix) takes a probe object, which is removed."""
-    from tasks.storage import OutputNotWritableError
-    from tasks.storage import check_writable as probe
+    from tasks.common.storage import OutputNotWritableError
+    from tasks.common.storage import check_writable as probe
 
     try:
         probe(uri, storage_options)
@@ -144,8 +141,8 @@ def model_pointer_uri(model: str) -> str:
 def check_model(model: str, *, storage_options: Mapping[str, Any] | None = None) -> Check:
     """The model a deployment names resolves (registry -> pointer -> file) and loads."""
     from emotion_model.checkpoint import load_deployment
-    from tasks.planning import resolve_model_uri
-    from tasks.storage import read_bytes
+    from tasks.common.model_pointer import resolve_model_uri
+    from tasks.common.storage import read_bytes
 
     pointer = model_pointer_uri(model)
     name = f"model {pointer}"

@@ -12,38 +12,38 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import pickle
 import random
-import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
-from emotion_model._io import Source, bytes_io, read_source_bytes, write_target
 from emotion_model.errors import (
     ArchitectureMismatchError,
     CheckpointError,
     LabelMismatchError,
     TruncatedCheckpointError,
-    UnsafeCheckpointError,
 )
+from emotion_model.files import Source, bytes_io, read_source_bytes, write_target
 from emotion_model.labels import EMOTION_LABELS
 from emotion_model.model import EmotionClassifier
 from emotion_model.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from emotion_model.weights import (
+    METADATA_KEY,
+    is_torch_file,
+    load_safetensors,
+    torch_load_weights_only,
+)
 
 DEFAULT_NUM_FRAMES = 48
 DEFAULT_IMG_SIZE = 112
 DEPLOYMENT_FORMAT = "emotion-pipeline/deployment"
 TRAINING_FORMAT = "emotion-pipeline/training"
 FORMAT_VERSION = 1
-_METADATA_KEY = "emotion_pipeline"
 _ARCH_KEYS = ("num_classes", "hidden_size", "dropout", "use_se", "width")
 
 
@@ -106,7 +106,7 @@ def save_deployment(
         "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     record.update(metadata)
-    data = st_save(state, metadata={_METADATA_KEY: json.dumps(record, default=str)})
+    data = st_save(state, metadata={METADATA_KEY: json.dumps(record, default=str)})
     write_target(path, data)
     return record
 
@@ -140,67 +140,6 @@ def _default_metadata(state: Mapping[str, Tensor]) -> dict[str, Any]:
     }
 
 
-def _torch_load_safe(name: str, data: bytes) -> Any:
-    try:
-        return torch.load(bytes_io(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UnsafeCheckpointError(
-            name, f"refused: the file needs arbitrary unpickling to load ({first[:160]})"
-        ) from exc
-    except (RuntimeError, EOFError, ValueError, struct.error) as exc:
-        raise TruncatedCheckpointError(name, f"unreadable torch file ({exc})") from exc
-
-
-def _is_torch_file(data: bytes) -> bool:
-    if data[:4] == b"PK\x03\x04":
-        return True
-    # A pickle starts with 0x80 (PROTO), but so does a safetensors file whose header length is
-    # 128 mod 256; its JSON header starts at byte 8.
-    return data[:1] == b"\x80" and data[8:9] != b"{"
-
-
-def read_state_dict(source: Source) -> dict[str, Tensor]:
-    """Read a state dict from safetensors or a torch file (``weights_only=True``).
-
-    Unwraps the common containers: ``model_state`` (pytorchvideo), ``state_dict``, ``model``.
-    """
-    name, data = read_source_bytes(source)
-    if not data:
-        raise TruncatedCheckpointError(name, "empty file (0 bytes)")
-    if _is_torch_file(data):
-        obj = _torch_load_safe(name, data)
-        for key in ("model_state", "state_dict", "model"):
-            if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-        if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-            raise CheckpointError(name, "the torch file holds no state dict of tensors")
-        return dict(obj)
-    return _load_safetensors(name, data)[0]
-
-
-def _load_safetensors(name: str, data: bytes) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    if len(data) < 8:
-        raise TruncatedCheckpointError(name, f"truncated: {len(data)} bytes")
-    (header_len,) = struct.unpack("<Q", data[:8])
-    if header_len > len(data) - 8:
-        raise TruncatedCheckpointError(
-            name, f"truncated: header says {header_len} bytes, file has {len(data) - 8}"
-        )
-    try:
-        header = json.loads(data[8 : 8 + header_len])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TruncatedCheckpointError(name, "not a model file (no safetensors header)") from exc
-    try:
-        state = st_load(data)
-    except SafetensorError as exc:
-        raise TruncatedCheckpointError(name, f"truncated or damaged weights ({exc})") from exc
-    raw = (header.get("__metadata__") or {}).get(_METADATA_KEY)
-    metadata = json.loads(raw) if raw else {}
-    return state, metadata
-
-
 @dataclass
 class _Loaded:
     state: dict[str, Tensor]
@@ -211,8 +150,8 @@ def _read_deployment(source: Source) -> tuple[str, _Loaded]:
     name, data = read_source_bytes(source)
     if not data:
         raise TruncatedCheckpointError(name, "empty file (0 bytes)")
-    if _is_torch_file(data):
-        obj = _torch_load_safe(name, data)
+    if is_torch_file(data):
+        obj = torch_load_weights_only(name, data)
         if isinstance(obj, dict) and obj.get("format") == TRAINING_FORMAT:
             obj = obj["model"]
         elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
@@ -223,7 +162,7 @@ def _read_deployment(source: Source) -> tuple[str, _Loaded]:
             return name, _Loaded(dict(obj), _default_metadata(obj))
         except KeyError as exc:
             raise ArchitectureMismatchError(name, exc.args[0]) from exc
-    state, metadata = _load_safetensors(name, data)
+    state, metadata = load_safetensors(name, data)
     if metadata.get("format") != DEPLOYMENT_FORMAT:
         try:
             metadata = {**_default_metadata(state), **metadata}
@@ -380,7 +319,7 @@ def load_training_checkpoint(
     name, data = read_source_bytes(source)
     if not data:
         raise TruncatedCheckpointError(name, "empty file (0 bytes)")
-    payload = _torch_load_safe(name, data)
+    payload = torch_load_weights_only(name, data)
     if not isinstance(payload, dict) or payload.get("format") != TRAINING_FORMAT:
         raise CheckpointError(name, "not an emotion-pipeline training checkpoint")
     _load_state_checked(name, model, payload["model"])

@@ -7,11 +7,26 @@ the class name is what the batch flow writes to the `errors.error_type` column.
 from __future__ import annotations
 
 
+def one_line(text: object, limit: int | None = 500) -> str:
+    """``text`` as one line: whitespace runs (newlines too) become one space, and a line longer
+    than ``limit`` characters is cut to end in ``...`` (None: no cut). An exception with no
+    message gives its class name; None gives ``""``.
+
+    The one cleaner of every message the project shows or stores (error rows, logs, the CLI).
+    """
+    line = " ".join(str(text if text is not None else "").split())
+    if not line and isinstance(text, BaseException):
+        line = type(text).__name__
+    if limit is not None and len(line) > limit:
+        line = line[: max(0, limit - 3)] + "..."
+    return line
+
+
 class EmotionModelError(Exception):
     """Base class for errors raised by emotion_model."""
 
     def __init__(self, uri: str, reason: str) -> None:
-        reason = " ".join(str(reason).split())  # always one line
+        reason = one_line(reason, None)
         super().__init__(f"{uri}: {reason}")
         self.uri = uri
         self.reason = reason

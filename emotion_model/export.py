@@ -15,8 +15,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from emotion_model._io import atomic_write
 from emotion_model.errors import ExportParityError
+from emotion_model.files import atomic_write
 from emotion_model.model import EmotionClassifier
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from functools import partial
 from typing import Any, Literal
 
@@ -32,9 +32,10 @@ with warnings.catch_warnings():  # fvcore / pytorchvideo import torch.jit.script
     from pytorchvideo.models.resnet import create_bottleneck_block
     from pytorchvideo.models.slowfast import create_slowfast
 
-from emotion_model._io import source_name
 from emotion_model.errors import ArchitectureMismatchError, CheckpointError
+from emotion_model.files import source_name
 from emotion_model.labels import EMOTION_LABELS
+from emotion_model.weights import read_state_dict
 
 SLOWFAST_ALPHA = 4
 """Frame-rate ratio between the fast and the slow pathway."""
@@ -175,12 +176,6 @@ def build_model(preset: Literal["r50", "small"] | None = None, **kwargs: Any) ->
     return EmotionClassifier(**arch)
 
 
-def _read_state(source: str | os.PathLike[str] | io.IOBase) -> Mapping[str, Tensor]:
-    from emotion_model.checkpoint import read_state_dict  # local: checkpoint imports model
-
-    return read_state_dict(source)
-
-
 def load_kinetics_backbone(
     model: EmotionClassifier, source: str | os.PathLike[str] | io.IOBase
 ) -> list[str]:
@@ -193,7 +188,7 @@ def load_kinetics_backbone(
     tensor's shape differs (e.g. weights of another width or depth).
     """
     name = source_name(source)
-    state = _read_state(source)
+    state = read_state_dict(source)
     own = model.state_dict()
     mapped: dict[str, Tensor] = {}
     for key, value in state.items():

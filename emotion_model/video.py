@@ -36,6 +36,7 @@ from emotion_model.errors import (
     EmptyVideoError,
     NoDecodableFramesError,
     NoVideoStreamError,
+    one_line,
 )
 
 log = logging.getLogger(__name__)
@@ -200,7 +201,7 @@ class ClipReader:
             raise CorruptVideoError(uri, "permission denied") from None
         except (av.error.FFmpegError, OSError, ValueError, UnicodeDecodeError) as exc:
             raise CorruptVideoError(
-                uri, f"not a readable video container ({_one_line(exc)})"
+                uri, f"not a readable video container ({one_line(exc, 300)})"
             ) from None
 
     # -- iteration ----------------------------------------------------------------------------
@@ -326,9 +327,9 @@ class ClipReader:
                     prev_image = image_of(frame)
                     kept.append((rel, prev_image))
         except av.error.FFmpegError as exc:
-            error = _one_line(exc)
+            error = one_line(exc, 300)
         except (MemoryError, OSError) as exc:
-            error = _one_line(exc)
+            error = one_line(exc, 300)
 
         if prev_frame is None:
             if error is not None:
@@ -411,7 +412,7 @@ class _BadData:
 
     def packet(self, packet: av.Packet, exc: BaseException) -> None:
         self.packets += 1
-        self.error = self.error or _one_line(exc)
+        self.error = self.error or one_line(exc, 300)
         pts = packet.pts if packet.pts is not None else packet.dts
         tb = packet.time_base
         self._at(float(pts * tb) if pts is not None and tb is not None else None)
@@ -455,11 +456,6 @@ def _metadata_duration(
     if container.duration is not None and container.duration > 0:
         return container.duration / av.time_base
     return by_count
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:300]
 
 
 def read_clips(

@@ -1,1 +1,2 @@
-"""Prefect flows (orchestration only) and the ``emotion-pipeline`` command line."""
+"""Prefect flows: orchestration only. Each flow validates its parameters, then calls tasks in
+order; the work lives in ``tasks/``."""

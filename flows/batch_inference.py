@@ -23,11 +23,12 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import ValidationError
 
-from tasks.cluster import current_dask_client, dask_task_runner, shard_placement
-from tasks.infer import ShardResult, infer_shard
-from tasks.planning import ModelInfo, RunPlan, ShardPlan, plan_run_task, preflight_task
-from tasks.settings import BatchSettings, format_validation_error
-from tasks.summary import build_summary, commit_run_summary
+from emotion_model.errors import one_line
+from tasks.batch.cluster import current_dask_client, dask_task_runner, shard_placement
+from tasks.batch.infer import ShardResult, infer_shard
+from tasks.batch.planning import ModelInfo, RunPlan, ShardPlan, plan_run_task, preflight_task
+from tasks.batch.settings import BatchSettings, format_validation_error
+from tasks.batch.summary import build_summary, commit_run_summary
 
 MAX_SHARD_THREADS = 64
 """Upper bound of the thread pool; ``shard_concurrency`` bounds what actually runs."""
@@ -68,7 +69,7 @@ def plan_and_infer(
         try:
             results.append(future.result())
         except Exception as exc:  # the shard's output could not be written, after retries
-            failed[index] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            failed[index] = f"{type(exc).__name__}: {one_line(exc, 300)}"
             logger.error("shard %d failed: %s", index, failed[index])
 
     def submit(shard: ShardPlan) -> Any:

@@ -13,9 +13,14 @@ from typing import Any
 from prefect import flow, get_run_logger
 from pydantic import ValidationError
 
-from tasks.retrain_settings import RetrainSettings
-from tasks.retrain_steps import evaluate_candidate, prepare_data, publish_candidate, train_candidate
-from tasks.settings import format_validation_error
+from tasks.batch.settings import format_validation_error
+from tasks.training.settings import RetrainSettings
+from tasks.training.steps import (
+    evaluate_candidate,
+    prepare_data,
+    publish_candidate,
+    train_candidate,
+)
 
 
 def make_retrain_settings(**parameters: Any) -> RetrainSettings:

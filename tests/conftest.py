@@ -76,7 +76,7 @@ def s3_server() -> Iterator[S3Server]:
     """Start a moto S3 server for the session; AWS env set to fake credentials meanwhile.
 
     Yields an `S3Server` with ``endpoint_url`` (``http://127.0.0.1:<port>``),
-    ``storage_options`` (for ``tasks.storage.resolve`` / s3fs) and ``client()`` (boto3).
+    ``storage_options`` (for ``tasks.common.storage.resolve`` / s3fs) and ``client()`` (boto3).
     """
     from moto.server import ThreadedMotoServer
 
@@ -473,7 +473,7 @@ def shared_data() -> _Path:
 def face_videos(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """``face_videos(layout, takes, seconds)``: a folder of 6 actors x 6 emotions x ``takes`` of
     96x96 15 fps drawn faces (seed 0), rendered on first use and shared by the session."""
-    from emotion_model.synthetic import make_sample_dataset
+    from emotion_model.sample_data import make_sample_dataset
 
     made: dict[tuple[str, int, float], _Path] = {}
 

@@ -1,5 +1,5 @@
 """The ``emotion-pipeline`` command line: help for every subcommand, new-model -> predict,
-export, and one-line errors with exit code 2. Runs ``flows.cli.main`` in-process, plus one
+export, and one-line errors with exit code 2. Runs ``cli.main.main`` in-process, plus one
 subprocess call of the installed console script."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import build_parser, main
+from cli.main import build_parser, main
 
 SUBCOMMANDS = sorted(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
 LABELS = ("angry", "disgust", "fearful", "happy", "neutral", "sad")
@@ -41,7 +41,9 @@ def model_file(workdir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def video_file(workdir: Path) -> Path:
-    from emotion_model.synthetic import encode_video, make_test_pattern
+    from video_fixtures import make_test_pattern
+
+    from emotion_model.video_writer import encode_video
 
     return encode_video(workdir / "clip.mp4", make_test_pattern(80, 72, 96, seed=1), fps=10)
 

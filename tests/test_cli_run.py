@@ -15,10 +15,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from video_fixtures import make_test_pattern
 
 from emotion_model.checkpoint import save_deployment
 from emotion_model.model import build_model
-from emotion_model.synthetic import encode_video, make_test_pattern
+from emotion_model.video_writer import encode_video
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from video_fixtures import make_test_pattern
 
 from emotion_model.model import EmotionClassifier, build_model
-from emotion_model.synthetic import encode_video, make_test_pattern
+from emotion_model.video_writer import encode_video
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,6 @@ from torch.nn import functional as F  # noqa: N812
 from emotion_model.checkpoint import (
     load_deployment,
     load_training_checkpoint,
-    read_state_dict,
     save_deployment,
     save_training_checkpoint,
     weights_sha256,
@@ -36,6 +35,7 @@ from emotion_model.errors import (
 from emotion_model.labels import EMOTION_LABELS
 from emotion_model.model import EmotionClassifier, build_model
 from emotion_model.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from emotion_model.weights import read_state_dict
 
 METADATA_KEY = "emotion_pipeline"
 

@@ -113,7 +113,9 @@ def test_predict_from_a_file_object(small_model: EmotionClassifier, long_video: 
 
 
 def test_short_video_is_one_clip(small_model: EmotionClassifier, tmp_path: Path) -> None:
-    from emotion_model.synthetic import encode_video, make_test_pattern
+    from video_fixtures import make_test_pattern
+
+    from emotion_model.video_writer import encode_video
 
     path = encode_video(tmp_path / "short.mp4", make_test_pattern(30, 96, 128), fps=30)
     result = predict_video(small_model, path, METADATA, device="cpu")

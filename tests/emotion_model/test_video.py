@@ -10,6 +10,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from video_fixtures import make_test_pattern, pattern_frame_index
 
 from emotion_model.errors import (
     CorruptVideoError,
@@ -17,8 +18,8 @@ from emotion_model.errors import (
     NoVideoStreamError,
     VideoError,
 )
-from emotion_model.synthetic import encode_video, make_test_pattern, pattern_frame_index
 from emotion_model.video import ClipReader, plan_targets, plan_window_starts, read_clips
+from emotion_model.video_writer import encode_video
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from video_fixtures import encode_audio_only, make_test_pattern
 
-from emotion_model.synthetic import (
-    available_encoders,
-    encode_audio_only,
-    encode_video,
-    make_test_pattern,
-)
+from emotion_model.video_writer import available_encoders, encode_video
 
 # --- videos --------------------------------------------------------------------------------------
 

@@ -23,13 +23,14 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 import s3fs
+from video_fixtures import make_test_pattern
 
 from emotion_model.checkpoint import load_deployment
 from emotion_model.errors import CheckpointError
 from emotion_model.labels import EMOTION_LABELS
-from emotion_model.synthetic import encode_video, make_test_pattern
+from emotion_model.video_writer import encode_video
 from flows.batch_inference import batch_inference
-from tasks.storage import OutputNotWritableError, SourceNotFoundError, with_retries
+from tasks.common.storage import OutputNotWritableError, SourceNotFoundError, with_retries
 
 # The fixtures' types live in tests/flows/conftest.py (not importable as a module here).
 FaultProxy = VideoCorpus = VideoSpec = Any

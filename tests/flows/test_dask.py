@@ -21,13 +21,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from video_fixtures import make_test_pattern
 
 from emotion_model.labels import EMOTION_LABELS
-from emotion_model.synthetic import encode_video, make_test_pattern
+from emotion_model.video_writer import encode_video
 from flows.batch_inference import batch_inference, make_settings
-from tasks.cluster import local_cluster
-from tasks.infer import predictor_cache_info
-from tasks.planning import preflight
+from tasks.batch.cluster import local_cluster
+from tasks.batch.planning import preflight
+from tasks.batch.predictors import predictor_cache_info
 
 PROBS = [f"prob_{label}" for label in EMOTION_LABELS]
 SECONDS = (1.0, 2.5, 1.5, 2.0, 0.8, 2.2, 1.2, 3.0)

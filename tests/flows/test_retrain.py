@@ -20,10 +20,10 @@ import pandas as pd
 import pytest
 import torch
 
+from cli.main import main
 from flows.batch_inference import batch_inference
-from flows.cli import main
 from flows.retrain import make_retrain_settings, retrain
-from tasks.retrain_settings import RetrainSettings
+from tasks.training.settings import RetrainSettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 
@@ -157,7 +157,7 @@ def test_killed_training_resumes_to_the_same_model(small_data: Path, tmp_path: P
     checkpoint = Path(settings.checkpoint_uri) / "last.pt"
     env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()),
            "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    child = subprocess.Popen([sys.executable, "-m", "flows.cli", *_cli_args(small_data,
+    child = subprocess.Popen([sys.executable, "-m", "cli.main", *_cli_args(small_data,
                               registry, epochs)], env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240

@@ -133,7 +133,7 @@ def test_prefect_api_and_pools(prefect_server: None) -> None:
 
 def test_cli_doctor_exit_codes(aws_env: Any, registry: str, s3_bucket: str,
                                capsys: pytest.CaptureFixture[str]) -> None:
-    from flows.cli import main
+    from cli.main import main
 
     ok_args = ["doctor", "--no-prefect", "--s3", f"s3://{s3_bucket}/registry/",
                "--output", f"s3://{s3_bucket}/out/", "--model", registry]

@@ -128,7 +128,7 @@ def test_apply_pool_refuses_another_type(client: Any) -> None:
 
 def test_cli_pools_twice(prefect_server: None, aws_stacks: Stacks, monkeypatch: pytest.MonkeyPatch,
                          capsys: pytest.CaptureFixture[str]) -> None:
-    from flows.cli import main
+    from cli.main import main
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", aws_stacks.endpoint_url)
     ecs_name, process_name = _unique("cli-ecs"), _unique("cli-process")

@@ -13,9 +13,10 @@ from typing import Any
 import av
 import numpy as np
 import pandas as pd
+from video_fixtures import encode_audio_only, make_test_pattern
 
-from emotion_model.synthetic import encode_audio_only, encode_video, make_test_pattern
-from tasks.sink import read_table
+from emotion_model.video_writer import encode_video
+from tasks.batch.sink import read_table
 
 X264_FAST = {"preset": "ultrafast"}
 

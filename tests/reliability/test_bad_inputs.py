@@ -29,10 +29,11 @@ from reliability_helpers import (
     write_ten_minutes,
     write_uhd,
 )
+from video_fixtures import make_test_pattern, pattern_frame_index
 
 from emotion_model.errors import CorruptVideoError, VideoError
-from emotion_model.synthetic import encode_video, make_test_pattern, pattern_frame_index
 from emotion_model.video import read_clips
+from emotion_model.video_writer import encode_video
 from flows.batch_inference import batch_inference
 
 

@@ -20,8 +20,9 @@ from typing import Any
 import pyarrow.parquet as pq
 import s3fs
 from reliability_helpers import assert_counts_add_up, assert_each_video_once
+from video_fixtures import make_test_pattern
 
-from emotion_model.synthetic import encode_video, make_test_pattern
+from emotion_model.video_writer import encode_video
 from flows.batch_inference import batch_inference
 
 KEYS = [f"v{i}.mp4" for i in range(4)]
@@ -93,7 +94,7 @@ def test_killed_between_predictions_and_videos_writes_leaves_no_duplicate_clips(
     """The narrow window: a shard's predictions file written, its videos file never. The next
     run sweeps the dead shard's predictions (older than ORPHAN_AGE_S) before redoing its
     videos, so every clip appears once; a young orphan (a shard still committing) is kept."""
-    from tasks.sink import ORPHAN_AGE_S, sweep_orphan_predictions
+    from tasks.batch.sink import ORPHAN_AGE_S, sweep_orphan_predictions
 
     source, output = tmp_path / "videos", tmp_path / "out"
     for i, key in enumerate(KEYS):

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import torch
+from video_fixtures import make_test_pattern
 
 from emotion_model.checkpoint import save_deployment
 from emotion_model.errors import (
@@ -25,7 +26,7 @@ from emotion_model.errors import (
     UnsafeCheckpointError,
 )
 from emotion_model.model import build_model
-from emotion_model.synthetic import encode_video, make_test_pattern
+from emotion_model.video_writer import encode_video
 from flows.batch_inference import batch_inference, make_settings
 
 BAD_VALUES: list[tuple[str, Any]] = [

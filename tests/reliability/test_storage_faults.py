@@ -16,12 +16,13 @@ from typing import Any
 
 import pytest
 from reliability_helpers import assert_counts_add_up, assert_each_video_once
+from video_fixtures import make_test_pattern
 
 import flows.batch_inference as batch_module
-from emotion_model.synthetic import encode_video, make_test_pattern
+from emotion_model.video_writer import encode_video
 from flows.batch_inference import RunFailedError, batch_inference
-from tasks.infer import infer_shard
-from tasks.storage import OutputNotWritableError
+from tasks.batch.infer import infer_shard
+from tasks.common.storage import OutputNotWritableError
 
 KEYS = [f"v{i}.mp4" for i in range(4)]
 

@@ -1,0 +1,191 @@
+"""The clip cache: each training video decoded once into uint8 clips that every epoch (and
+every later retrain) reads instead of the video."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emotion_model.errors import VideoError
+from emotion_model.video import ClipReader
+from tasks.common.storage import (
+    atomic_write_bytes,
+    is_local,
+    join,
+    read_bytes,
+    resolve,
+    with_retries,
+)
+from tasks.training.data import Example
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = "clips-v1"
+CACHE_FRAME_FACTOR = 2
+"""The cache holds this many times ``num_frames`` frames per clip, for temporal jitter."""
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """How training clips are cut: the cache key holds every field."""
+
+    num_frames: int
+    img_size: int
+    clip_seconds: float = 4.0
+    max_clips: int = 4
+
+    @property
+    def cached_frames(self) -> int:
+        """Frames stored per clip (``CACHE_FRAME_FACTOR`` x ``num_frames``)."""
+        return self.num_frames * CACHE_FRAME_FACTOR
+
+
+def cache_key(example: Example, spec: ClipSpec) -> str:
+    """``(uri, etag, num_frames, img_size, ...)`` -> a file name in the cache."""
+    text = "|".join(str(v) for v in (CACHE_FORMAT, example.uri, example.etag, spec.num_frames,
+                                      spec.img_size, spec.clip_seconds, spec.max_clips))
+    return hashlib.sha256(text.encode()).hexdigest()[:32] + ".npy"
+
+
+class ClipCache:
+    """Decoded uint8 clips ``[N, F, H, W, 3]`` per video under a folder or ``s3://`` prefix.
+
+    A remote cache is mirrored into ``local_dir`` on first read, so epochs read local
+    memory-mapped files.
+    """
+
+    def __init__(
+        self, uri: str, spec: ClipSpec, storage_options: Mapping[str, Any] | None = None,
+        local_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.uri = uri
+        self.spec = spec
+        self.storage_options = dict(storage_options or {})
+        self.remote = not is_local(uri)
+        if self.remote:
+            root = Path(local_dir or Path(tempfile.gettempdir()) / "emotion-pipeline-cache")
+            self.local_dir = root / hashlib.sha256(uri.encode()).hexdigest()[:12]
+        else:
+            self.local_dir = Path(resolve(uri)[1])
+        self._counts: dict[str, int] = {}
+
+    def entry_uri(self, example: Example) -> str:
+        """Where ``example``'s clips are (or will be) in the cache."""
+        return join(self.uri, "clips", cache_key(example, self.spec))
+
+    def _local_path(self, example: Example) -> Path:
+        return self.local_dir / "clips" / cache_key(example, self.spec)
+
+    def has(self, example: Example) -> bool:
+        """True when the clips of ``example`` are cached."""
+        if self._local_path(example).exists():
+            return True
+        if not self.remote:
+            return False
+        fs, path = resolve(self.entry_uri(example), self.storage_options)
+        return bool(with_retries(lambda: fs.exists(path), what=f"stat {self.entry_uri(example)}"))
+
+    def store(self, example: Example, clips: np.ndarray) -> None:
+        """Write the clips of ``example`` (whole file or nothing)."""
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(clips, dtype=np.uint8), allow_pickle=False)
+        data = buffer.getvalue()
+        atomic_write_bytes(self.entry_uri(example), data, self.storage_options)
+        if self.remote:
+            atomic_write_bytes(str(self._local_path(example)), data)
+
+    def _local_copy(self, example: Example) -> Path:
+        path = self._local_path(example)
+        if self.remote and not path.exists():
+            atomic_write_bytes(str(path), read_bytes(self.entry_uri(example),
+                                                     self.storage_options))
+        return path
+
+    def load(self, example: Example) -> np.ndarray:
+        """The cached clips of ``example``, memory-mapped (read-only; no file stays open)."""
+        return np.load(self._local_copy(example), mmap_mode="r", allow_pickle=False)
+
+    def count(self, example: Example) -> int:
+        """How many clips ``example`` has in the cache (read from the ``.npy`` header)."""
+        key = cache_key(example, self.spec)
+        if key not in self._counts:
+            with open(self._local_copy(example), "rb") as fh:
+                major, _ = np.lib.format.read_magic(fh)
+                read_header = (np.lib.format.read_array_header_1_0 if major == 1
+                               else np.lib.format.read_array_header_2_0)
+                shape, _, _ = read_header(fh)
+            self._counts[key] = int(shape[0])
+        return self._counts[key]
+
+
+def decode_training_clips(example: Example, spec: ClipSpec,
+                          storage_options: Mapping[str, Any] | None = None) -> np.ndarray:
+    """Decode ``example`` into ``[N, cached_frames, H, W, 3]`` uint8 clips (N >= 1)."""
+    source: Any = example.uri if is_local(example.uri) else read_bytes(example.uri,
+                                                                       storage_options)
+    reader = ClipReader(source, num_frames=spec.cached_frames, img_size=spec.img_size,
+                        clip_seconds=spec.clip_seconds, uri=example.uri, threads=1,
+                        max_clips=spec.max_clips)
+    clips = [clip.frames for clip in reader]
+    if not clips:  # ClipReader raises NoDecodableFramesError first; kept as a guard
+        raise ValueError(f"{example.uri}: no clips")
+    return np.stack(clips)
+
+
+@dataclass
+class CacheReport:
+    """What building the cache did."""
+
+    cached: int = 0
+    decoded: int = 0
+    corrupt: list[tuple[str, str]] = field(default_factory=list)
+    decode_s: float = 0.0
+
+
+def build_cache(
+    cache: ClipCache, examples: Sequence[Example], *, threads: int = 2,
+    on_video: Callable[[Example, bool], None] | None = None,
+) -> tuple[list[Example], CacheReport]:
+    """Decode every example not cached yet; returns the examples that are cached and a report.
+
+    A video that does not decode (corrupt, truncated, no video stream) is reported and left
+    out; transient storage errors are retried and, when they persist, raised.
+    """
+    report = CacheReport()
+    start = time.perf_counter()
+
+    def work(example: Example) -> tuple[Example, str | None, bool]:
+        if cache.has(example):
+            return example, None, False
+        try:
+            clips = decode_training_clips(example, cache.spec, cache.storage_options)
+        except VideoError as exc:
+            return example, f"{type(exc).__name__}: {exc}", False
+        cache.store(example, clips)
+        return example, None, True
+
+    kept: list[Example] = []
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        for example, problem, decoded in pool.map(work, examples):
+            if problem is None:
+                kept.append(example)
+                report.decoded += int(decoded)
+                report.cached += int(not decoded)
+            else:
+                report.corrupt.append((example.uri, problem))
+                log.warning("training video skipped: %s", problem)
+            if on_video is not None:
+                on_video(example, problem is None)
+    report.decode_s = time.perf_counter() - start
+    return kept, report

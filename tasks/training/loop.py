@@ -1,0 +1,382 @@
+"""The training loop of the model card's recipe, resumable from a checkpoint every epoch.
+
+AdamW + OneCycleLR, cross-entropy with label smoothing, augmentation (random resized crop,
+horizontal flip, temporal jitter) on the device, AMP and gradient clipping on GPU, early
+stopping on validation accuracy. Each epoch's shuffle and augmentation come from a generator
+seeded by ``(seed, epoch)`` and the checkpoint restores the RNGs, so a resumed run ends with
+the same weights as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from emotion_model.checkpoint import (
+    load_deployment,
+    load_training_checkpoint,
+    save_deployment,
+    save_training_checkpoint,
+)
+from emotion_model.labels import EMOTION_LABELS
+from emotion_model.model import EmotionClassifier, build_model
+from emotion_model.predict import resolve_device
+from emotion_model.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from emotion_model.weights import read_state_dict
+from tasks.common.storage import join, read_bytes, resolve, with_retries
+from tasks.training.clip_cache import ClipCache
+from tasks.training.data import Example
+from tasks.training.settings import RetrainSettings
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "last.pt"
+"""The full training checkpoint in ``settings.checkpoint_uri``, rewritten every epoch."""
+BEST_NAME = "best.safetensors"
+"""The best epoch's weights so far (a deployment file: weights and metadata, no optimizer)."""
+CROP_RATIO = (0.9, 1 / 0.9)
+"""Random resized crop: the crop's aspect ratio, log-uniform."""
+TEMPORAL_SPAN = 0.8
+"""Temporal jitter: the sampled span covers at least this share of the clip (expressions
+build up over a clip, so a short span at its start would show a neutral face)."""
+LABEL_INDEX = {label: i for i, label in enumerate(EMOTION_LABELS)}
+
+
+# --- data in batches ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ClipIndex:
+    """Every cached clip of some examples: ``(example position, clip position)`` pairs."""
+
+    examples: Sequence[Example]
+    items: list[tuple[int, int]]
+
+    @classmethod
+    def build(cls, examples: Sequence[Example], cache: ClipCache) -> ClipIndex:
+        """Index all clips of ``examples`` (which must be cached)."""
+        items = [(i, c) for i, e in enumerate(examples) for c in range(cache.count(e))]
+        return cls(examples=examples, items=items)
+
+    def batch(self, cache: ClipCache, positions: Sequence[int]) -> tuple[Tensor, Tensor]:
+        """uint8 ``[B, F, H, W, 3]`` clips and int64 labels of the items at ``positions``."""
+        clips, labels = [], []
+        for p in positions:
+            e, c = self.items[p]
+            clips.append(np.asarray(cache.load(self.examples[e])[c]))
+            labels.append(LABEL_INDEX[self.examples[e].label])
+        return torch.from_numpy(np.stack(clips)), torch.tensor(labels, dtype=torch.int64)
+
+
+def _to_float(clips: Tensor) -> Tensor:
+    """uint8 ``[B, T, H, W, 3]`` -> float ``[B, T, 3, H, W]`` normalized."""
+    x = clips.permute(0, 1, 4, 2, 3).float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 1, 3, 1, 1)
+    return x.sub_(mean).div_(std)
+
+
+def eval_frames(clips: Tensor, num_frames: int) -> Tensor:
+    """The evaluation view of cached clips: ``num_frames`` frames spread evenly, normalized."""
+    cached = clips.shape[1]
+    index = torch.linspace(0, cached - 1, num_frames).round().long().to(clips.device)
+    return _to_float(clips.index_select(1, index))
+
+
+def augment(
+    clips: Tensor, num_frames: int, generator: torch.Generator, *, crop_scale: float = 0.8
+) -> Tensor:
+    """Training view of cached uint8 clips ``[B, F, H, W, 3]`` -> float ``[B, T, 3, H, W]``.
+
+    Temporal jitter (a random span of 80-100% of the cached frames, ``num_frames`` spread
+    over it), random resized crop (area ``crop_scale``-1, aspect 0.9-1.1; 1 turns it off) back
+    to the input size, and a horizontal flip with probability 1/2; the same for every frame of
+    a clip.
+    """
+    b, cached, h, w, _ = clips.shape
+    out = []
+    draws = torch.rand(b, 7, generator=generator).tolist()
+    for i in range(b):
+        u_len, u_start, u_scale, u_ratio, u_x, u_y, u_flip = draws[i]
+        span = max(num_frames, cached * (TEMPORAL_SPAN + u_len * (1 - TEMPORAL_SPAN)))
+        start = u_start * (cached - span)
+        index = torch.linspace(start, start + span - 1, num_frames).round().long()
+        index = index.clamp_(0, cached - 1).to(clips.device)
+        x = _to_float(clips[i : i + 1].index_select(1, index))[0]  # [T, 3, H, W]
+        if crop_scale < 1.0:
+            scale = crop_scale + u_scale * (1.0 - crop_scale)
+            log_r = math.log(CROP_RATIO[0]) + u_ratio * (math.log(CROP_RATIO[1]) -
+                                                        math.log(CROP_RATIO[0]))
+            ratio = math.exp(log_r)
+            cw = min(w, max(8, round(math.sqrt(scale * h * w * ratio))))
+            ch = min(h, max(8, round(math.sqrt(scale * h * w / ratio))))
+            top, left = round(u_y * (h - ch)), round(u_x * (w - cw))
+            x = x[:, :, top : top + ch, left : left + cw]
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+        if u_flip < 0.5:
+            x = x.flip(-1)
+        out.append(x)
+    return torch.stack(out)
+
+
+# --- the model ----------------------------------------------------------------------------------
+def initial_model(settings: RetrainSettings) -> EmotionClassifier:
+    """The model training starts from: ``init`` weights, Kinetics weights or random."""
+    torch.manual_seed(settings.seed)
+    if settings.init:
+        model, meta = load_deployment(settings.init)
+        log.info("fine-tuning %s (version %s)", settings.init, meta["model_version"])
+        return model.train()
+    if settings.pretrained:
+        return build_model(settings.preset, pretrained=settings.pretrained)
+    return build_model(settings.preset)
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Clips per training step when the settings do not say: CPU 8, GPU 16."""
+    return 16 if device.type == "cuda" else 8
+
+
+# --- training -----------------------------------------------------------------------------------
+@dataclass
+class EpochStats:
+    """One epoch's numbers, as in the training curves."""
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    lr: float
+    train_s: float
+    val_s: float
+
+
+@dataclass
+class TrainResult:
+    """What training produced: the best epoch's model and the history."""
+
+    model: EmotionClassifier
+    history: list[dict[str, Any]]
+    best_epoch: int
+    best_val_accuracy: float
+    epochs_run: int
+    stopped_early: bool
+    resumed_from: int | None
+    checkpoint_uri: str
+    device: str
+    batch_size: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Loop:
+    model: EmotionClassifier
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.OneCycleLR
+    scaler: torch.amp.GradScaler | None
+    autocast_dtype: torch.dtype | None
+
+
+def _make_loop(settings: RetrainSettings, model: EmotionClassifier, device: torch.device,
+               steps_per_epoch: int) -> _Loop:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": settings.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}], lr=settings.lr,
+    )
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=settings.lr, total_steps=settings.epochs * steps_per_epoch,
+        pct_start=0.3,
+    )
+    autocast_dtype = None
+    scaler = None
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            autocast_dtype = torch.bfloat16
+        else:
+            autocast_dtype = torch.float16
+            scaler = torch.amp.GradScaler("cuda")
+    return _Loop(model, optimizer, scheduler, scaler, autocast_dtype)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _exists(uri: str, storage_options: Any) -> bool:
+    fs, path = resolve(uri, storage_options)
+    return bool(with_retries(lambda: fs.exists(path), what=f"stat {uri}"))
+
+
+def evaluate_clips(
+    model: EmotionClassifier, index: ClipIndex, cache: ClipCache, *, num_frames: int,
+    batch_size: int, device: torch.device, autocast_dtype: torch.dtype | None = None,
+) -> tuple[np.ndarray, float]:
+    """Per-example probabilities (mean over its clips) ``[N, 6]`` and the mean clip loss."""
+    model.eval()
+    sums = np.zeros((len(index.examples), len(EMOTION_LABELS)), np.float64)
+    counts = np.zeros(len(index.examples), np.int64)
+    loss_sum = 0.0
+    with torch.inference_mode():
+        for start in range(0, len(index.items), batch_size):
+            positions = list(range(start, min(start + batch_size, len(index.items))))
+            clips, labels = index.batch(cache, positions)
+            clips, labels = clips.to(device), labels.to(device)
+            with _autocast(device, autocast_dtype):
+                logits = model(eval_frames(clips, num_frames)).float()
+            loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
+            probs = torch.softmax(logits, dim=-1).cpu().numpy()
+            for p, row in zip(positions, probs, strict=True):
+                e = index.items[p][0]
+                sums[e] += row
+                counts[e] += 1
+    probs = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
+    return probs, loss_sum / max(1, len(index.items))
+
+
+def _accuracy(probs: np.ndarray, examples: Sequence[Example]) -> float:
+    truth = np.array([LABEL_INDEX[e.label] for e in examples])
+    return float((probs.argmax(1) == truth).mean()) if len(truth) else 0.0
+
+
+def train(
+    settings: RetrainSettings,
+    train_examples: Sequence[Example],
+    val_examples: Sequence[Example],
+    cache: ClipCache,
+    *,
+    on_epoch: Callable[[EpochStats, int], None] | None = None,
+) -> TrainResult:
+    """Train on ``train_examples``, early-stop on ``val_examples``; both must be cached.
+
+    Writes ``last.pt`` (everything needed to resume) every epoch and ``best.pt`` when the
+    validation accuracy improves, under ``settings.checkpoint_uri``. With ``settings.resume``
+    an existing ``last.pt`` of the same run key is continued. ``on_epoch(stats, epochs)`` is
+    called after each epoch.
+    """
+    if not train_examples or not val_examples:
+        raise ValueError(f"training needs examples on both sides of the split; got "
+                         f"{len(train_examples)} train and {len(val_examples)} validation")
+    device = resolve_device(settings.device)
+    batch_size = settings.batch_size or default_batch_size(device)
+    train_index = ClipIndex.build(train_examples, cache)
+    val_index = ClipIndex.build(val_examples, cache)
+    steps = math.ceil(len(train_index.items) / batch_size)
+    model = initial_model(settings).to(device)
+    loop = _make_loop(settings, model, device, steps)
+    ckpt_dir = settings.checkpoint_uri
+    last_uri, best_uri = join(ckpt_dir, CHECKPOINT_NAME), join(ckpt_dir, BEST_NAME)
+    so = settings.storage_options
+
+    history: list[dict[str, Any]] = []
+    best_acc, best_epoch, bad_epochs, start_epoch = -1.0, 0, 0, 1
+    resumed_from: int | None = None
+    finished = False
+    if settings.resume and _exists(last_uri, so):
+        state = load_training_checkpoint(
+            read_bytes(last_uri, so), model=model, optimizer=loop.optimizer,
+            scheduler=loop.scheduler, scaler=loop.scaler,
+        )
+        history = list(state.extra.get("history", []))
+        best_acc = float(state.best_metric if state.best_metric is not None else -1.0)
+        best_epoch = int(state.extra.get("best_epoch", 0))
+        bad_epochs = int(state.extra.get("bad_epochs", 0))
+        finished = bool(state.extra.get("finished", False))
+        start_epoch = state.epoch + 1
+        resumed_from = state.epoch
+        log.info("resuming %s after epoch %d (best %.4f at epoch %d)", last_uri, state.epoch,
+                 best_acc, best_epoch)
+    elif settings.resume:
+        log.info("resume: no checkpoint at %s; starting from epoch 1", last_uri)
+
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, settings.epochs + 1):
+        if finished:
+            break
+        torch.manual_seed(settings.seed * 1_000_003 + epoch)  # dropout of this epoch
+        generator = torch.Generator().manual_seed(settings.seed * 1_000_033 + epoch)
+        order = torch.randperm(len(train_index.items), generator=generator).tolist()
+        model.train()
+        t0 = time.perf_counter()
+        loss_sum, correct, seen = 0.0, 0, 0
+        for start in range(0, len(order), batch_size):
+            positions = order[start : start + batch_size]
+            clips, labels = train_index.batch(cache, positions)
+            clips, labels = clips.to(device, non_blocking=True), labels.to(device)
+            x = augment(clips, settings.num_frames, generator, crop_scale=settings.crop_scale)
+            with _autocast(device, loop.autocast_dtype):
+                logits = model(x)
+                loss = criterion(logits.float(), labels)
+            loop.optimizer.zero_grad(set_to_none=True)
+            if loop.scaler is not None:
+                loop.scaler.scale(loss).backward()
+                loop.scaler.unscale_(loop.optimizer)
+            else:
+                loss.backward()
+            if settings.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+            if loop.scaler is not None:
+                loop.scaler.step(loop.optimizer)
+                loop.scaler.update()
+            else:
+                loop.optimizer.step()
+            loop.scheduler.step()
+            loss_sum += float(loss.detach()) * len(positions)
+            correct += int((logits.argmax(1) == labels).sum())
+            seen += len(positions)
+        train_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        probs, val_loss = evaluate_clips(
+            model, val_index, cache, num_frames=settings.num_frames, batch_size=batch_size,
+            device=device, autocast_dtype=loop.autocast_dtype,
+        )
+        val_acc = _accuracy(probs, val_examples)
+        stats = EpochStats(
+            epoch=epoch, train_loss=loss_sum / max(1, seen), train_accuracy=correct / max(1, seen),
+            val_loss=val_loss, val_accuracy=val_acc, lr=loop.scheduler.get_last_lr()[0],
+            train_s=train_s, val_s=time.perf_counter() - t1,
+        )
+        history.append(stats.__dict__.copy())
+        if val_acc > best_acc + 1e-9:
+            best_acc, best_epoch, bad_epochs = val_acc, epoch, 0
+            save_deployment(model, best_uri, num_frames=settings.num_frames,
+                            img_size=settings.img_size, epoch=epoch)
+        else:
+            bad_epochs += 1
+        finished = bad_epochs >= settings.patience or epoch == settings.epochs
+        save_training_checkpoint(
+            last_uri, model=model, optimizer=loop.optimizer, scheduler=loop.scheduler,
+            scaler=loop.scaler, epoch=epoch, best_metric=best_acc,
+            extra={"history": history, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
+                   "finished": finished, "run_key": settings.run_key()},
+        )
+        log.info("epoch %d/%d: train loss %.4f acc %.3f, val loss %.4f acc %.3f (%.1fs + %.1fs)",
+                 epoch, settings.epochs, stats.train_loss, stats.train_accuracy, val_loss,
+                 val_acc, stats.train_s, stats.val_s)
+        if on_epoch is not None:
+            on_epoch(stats, settings.epochs)
+        if finished:
+            break
+
+    epochs_run = len(history)
+    model.load_state_dict(read_state_dict(read_bytes(best_uri, so)))
+    return TrainResult(
+        model=model.eval(), history=history, best_epoch=best_epoch, best_val_accuracy=best_acc,
+        epochs_run=epochs_run, stopped_early=epochs_run < settings.epochs,
+        resumed_from=resumed_from, checkpoint_uri=ckpt_dir, device=str(device),
+        batch_size=batch_size,
+    )

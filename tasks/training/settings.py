@@ -1,0 +1,164 @@
+"""Validated settings of the ``retrain`` flow, shared by the flow and its tasks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from tasks.batch.settings import mask_secrets
+from tasks.common.storage import join
+
+
+class RetrainSettings(BaseModel):
+    """Parameters of one ``retrain`` run; every field is checked before any work."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sources: list[str] = Field(
+        min_length=1,
+        description="Folders or s3:// prefixes in RAVDESS or CREMA-D layout, or manifests "
+        "(.csv or .parquet with columns uri, label, actor).",
+    )
+    registry: str = Field(
+        description="Model registry folder or s3:// prefix: <registry>/<model_version>/ and "
+        "<registry>/production.json."
+    )
+    cache: str | None = Field(
+        default=None, description="Clip cache folder or s3:// prefix (default <registry>/cache)."
+    )
+    checkpoint_dir: str | None = Field(
+        default=None,
+        description="Where the per-epoch training checkpoint goes (default "
+        "<registry>/training/<run_key>); durable storage so a lost spot instance can resume.",
+    )
+    preset: Literal["r50", "small"] = Field(
+        default="r50", description="r50 (the model card) or small (width 16, for CPUs)."
+    )
+    num_frames: int = Field(default=48, ge=4, le=256, description="Frames per clip (x4).")
+    img_size: int = Field(default=112, ge=32, le=448, description="Frame height and width.")
+    clip_seconds: float = Field(default=4.0, gt=0, le=600, description="Clip window length.")
+    max_clips_per_video: int = Field(
+        default=4, ge=1, le=64, description="Training clips cached per video (windows)."
+    )
+    epochs: int = Field(default=60, ge=1, le=1000, description="Epochs planned (one cycle).")
+    patience: int = Field(
+        default=10, ge=1, le=1000, description="Stop after this many epochs without a better "
+        "validation accuracy."
+    )
+    batch_size: int | None = Field(
+        default=None, ge=1, le=1024, description="Clips per step (default CPU 8, GPU 16)."
+    )
+    lr: float = Field(default=1e-3, gt=0, le=1.0, description="Peak learning rate (one cycle).")
+    weight_decay: float = Field(default=0.05, ge=0, le=1.0, description="AdamW weight decay.")
+    label_smoothing: float = Field(default=0.05, ge=0, lt=1.0, description="Cross-entropy.")
+    crop_scale: float = Field(
+        default=0.8, ge=0.3, le=1.0, description="Random resized crop: smallest share of the "
+        "frame area kept (1: no crop)."
+    )
+    grad_clip: float | None = Field(
+        default=1.0, gt=0, description="Max gradient norm (None: no clipping)."
+    )
+    val_fraction: float = Field(
+        default=0.2, gt=0, lt=1, description="Fraction of actors held out for validation."
+    )
+    seed: int = Field(default=0, ge=0, description="Seed of the split, the shuffles and weights.")
+    init: str | None = Field(
+        default=None, description="Start from this deployment file (fine-tune)."
+    )
+    pretrained: str | None = Field(
+        default=None, description="Kinetics-400 SlowFast-R50 weights (path or URI) for the "
+        "backbone."
+    )
+    resume: bool = Field(
+        default=False, description="Continue from the last checkpoint of the same run key."
+    )
+    force: bool = Field(
+        default=False, description="Promote the candidate even when it does not beat production."
+    )
+    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
+    decode_threads: int = Field(default=2, ge=1, le=64, description="Videos decoded at once.")
+    storage_options: dict[str, Any] | None = Field(
+        default=None, description="fsspec/s3fs options (endpoint_url, profile, anon, ...)."
+    )
+
+    @field_validator("sources")
+    @classmethod
+    def _sources(cls, value: list[str]) -> list[str]:
+        cleaned = [v.strip() for v in value]
+        if any(not v for v in cleaned):
+            raise ValueError("sources must not contain empty entries")
+        for v in cleaned:
+            _check_uri(v)
+        return cleaned
+
+    @field_validator("registry", "cache", "checkpoint_dir", "init", "pretrained")
+    @classmethod
+    def _uri(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        if not value:
+            raise ValueError("must not be empty")
+        _check_uri(value)
+        return value
+
+    @field_validator("num_frames")
+    @classmethod
+    def _frames(cls, value: int) -> int:
+        if value % 4:
+            raise ValueError(f"must be a multiple of 4 (the slow pathway takes every 4th), "
+                             f"got {value}")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {value!r}")
+
+    @model_validator(mode="after")
+    def _init_or_pretrained(self) -> RetrainSettings:
+        if self.init and self.pretrained:
+            raise ValueError("give init (a deployment file) or pretrained (Kinetics weights), "
+                             "not both")
+        if self.pretrained and self.preset != "r50":
+            raise ValueError("pretrained Kinetics weights fit the r50 preset only")
+        return self
+
+    # -- derived -------------------------------------------------------------------------------
+    @property
+    def cache_uri(self) -> str:
+        """The clip cache prefix."""
+        return self.cache or join(self.registry, "cache")
+
+    def run_key(self) -> str:
+        """A stable key of what is trained (data, split, model, recipe): resume finds its
+        checkpoint by it, and a changed recipe never resumes from another's checkpoint."""
+        fields = self.model_dump(
+            exclude={"resume", "force", "device", "decode_threads", "storage_options",
+                     "cache", "checkpoint_dir", "registry"}
+        )
+        text = json.dumps(fields, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    @property
+    def checkpoint_uri(self) -> str:
+        """The folder of this run's training checkpoint."""
+        return self.checkpoint_dir or join(self.registry, "training", self.run_key())
+
+    def public_dict(self) -> dict[str, Any]:
+        """The settings with secrets in storage_options masked (for logs and metrics.json)."""
+        data = self.model_dump()
+        if data.get("storage_options"):
+            data["storage_options"] = mask_secrets(data["storage_options"])
+        return data
+
+
+def _check_uri(value: str) -> None:
+    if "://" in value and not value.split("://", 1)[0].replace("+", "").isalnum():
+        raise ValueError(f"not a URI or path: {value!r}")

@@ -1,0 +1,86 @@
+"""The split by actor: no actor is on both sides, so validation measures unseen faces."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from emotion_model.labels import EMOTION_LABELS
+from tasks.training.data import Example
+
+
+@dataclass(frozen=True)
+class Split:
+    """Train and validation examples; no actor is on both sides."""
+
+    train: list[Example]
+    val: list[Example]
+    val_fraction: float
+    seed: int
+
+    @property
+    def train_actors(self) -> list[str]:
+        """Actors of the training side, sorted."""
+        return sorted({e.actor for e in self.train})
+
+    @property
+    def val_actors(self) -> list[str]:
+        """Actors of the validation side, sorted."""
+        return sorted({e.actor for e in self.val})
+
+    def as_dict(self) -> dict[str, Any]:
+        """The split as written next to the model (``split.json``)."""
+        return {
+            "val_fraction": self.val_fraction,
+            "seed": self.seed,
+            "train_actors": self.train_actors,
+            "val_actors": self.val_actors,
+            "train": [{"uri": e.uri, "etag": e.etag, "label": e.label, "actor": e.actor}
+                      for e in self.train],
+            "val": [{"uri": e.uri, "etag": e.etag, "label": e.label, "actor": e.actor}
+                    for e in self.val],
+        }
+
+
+def _actor_rank(seed: int, actor: str) -> str:
+    return hashlib.sha256(f"{seed}:{actor}".encode()).hexdigest()
+
+
+def split_by_actor(examples: Sequence[Example], val_fraction: float, seed: int) -> Split:
+    """Hold out about ``val_fraction`` of the actors of each dataset for validation.
+
+    Speaker-independent: every actor lands on one side only. Stratified by dataset (each
+    dataset gives its share of validation actors), and each actor's side depends only on
+    ``seed`` and its rank among its dataset's actors by a hash, not on listing order.
+    """
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    actors_by_dataset: dict[str, set[str]] = defaultdict(set)
+    for e in examples:
+        actors_by_dataset[e.dataset].add(e.actor)
+    total_actors = sum(len(a) for a in actors_by_dataset.values())
+    if total_actors < 2:
+        raise ValueError(f"a split by actor needs at least 2 actors, found {total_actors}")
+    val_actors: set[str] = set()
+    for actors in actors_by_dataset.values():
+        ranked = sorted(actors, key=lambda a: _actor_rank(seed, a))
+        k = round(len(ranked) * val_fraction)
+        if len(ranked) >= 2:
+            k = min(max(k, 1), len(ranked) - 1)
+        val_actors.update(ranked[:k])
+    if not val_actors:  # one actor per dataset everywhere: hold out the first-ranked one
+        val_actors.add(min((e.actor for e in examples), key=lambda a: _actor_rank(seed, a)))
+    train = [e for e in examples if e.actor not in val_actors]
+    val = [e for e in examples if e.actor in val_actors]
+    return Split(train=train, val=val, val_fraction=val_fraction, seed=seed)
+
+
+def class_counts(examples: Iterable[Example]) -> dict[str, int]:
+    """Examples per label, in label order."""
+    counts = Counter(e.label for e in examples)
+    return {label: counts.get(label, 0) for label in EMOTION_LABELS}
+
+

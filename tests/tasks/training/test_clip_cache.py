@@ -1,0 +1,99 @@
+"""The clip cache: each video decoded once, keys, S3, the real clips."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from emotion_model.sample_data import make_sample_dataset
+from tasks.training.clip_cache import ClipCache, ClipSpec, build_cache, cache_key
+from tasks.training.data import Example, collect_examples
+
+SPEC = ClipSpec(num_frames=8, img_size=32, clip_seconds=4.0, max_clips=2)
+
+
+@pytest.fixture(scope="module")
+def two_layouts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A RAVDESS tree (3 actors) and a CREMA-D folder (3 actors) of tiny synthetic videos,
+    plus the things a real archive has: calm and surprised takes, an audio-video copy of a
+    video-only performance, a name that parses as neither, a corrupt file."""
+    root = tmp_path_factory.mktemp("labelled")
+    make_sample_dataset(root / "ravdess", actors=3, layout="ravdess", seconds=0.6, fps=10,
+                        size=(48, 48), emotions=("angry", "happy", "sad"))
+    make_sample_dataset(root / "crema", actors=3, layout="crema-d", seconds=0.6, fps=10,
+                        size=(48, 48), emotions=("angry", "neutral"), seed=1)
+    actor = root / "ravdess" / "Actor_01"
+    some = sorted(actor.glob("*.mp4"))[0]
+    parts = some.name.split("-")
+    shutil.copy(some, actor / "-".join(["01", *parts[1:]]))  # audio-video copy of the same take
+    shutil.copy(some, actor / "-".join([*parts[:2], "02", *parts[3:]]))  # calm
+    shutil.copy(some, actor / "-".join([*parts[:2], "08", *parts[3:]]))  # surprised
+    shutil.copy(some, root / "ravdess" / "holiday_clip.mp4")  # no convention
+    (root / "crema" / "1003_IEO_SAD_HI.mp4").write_bytes(b"\x00\x00\x00\x18ftypisom" * 5)
+    return root
+
+
+def test_cache_decodes_each_video_once_and_skips_corrupt(two_layouts: Path,
+                                                         tmp_path: Path) -> None:
+    examples, _ = collect_examples([str(two_layouts / "crema")])
+    cache = ClipCache(str(tmp_path / "cache"), SPEC)
+    seen: list[bool] = []
+    kept, first = build_cache(cache, examples, threads=2, on_video=lambda e, ok: seen.append(ok))
+    assert first.decoded == 6 and first.cached == 0 and len(kept) == 6
+    assert [uri for uri, _ in first.corrupt] == [str(two_layouts / "crema" / "1003_IEO_SAD_HI.mp4")]
+    assert "CorruptVideoError" in first.corrupt[0][1] and "\n" not in first.corrupt[0][1]
+    assert sorted(seen) == [False] + [True] * 6
+
+    clips = cache.load(kept[0])
+    assert clips.dtype == np.uint8 and clips.shape[1:] == (16, 32, 32, 3)  # 2 x num_frames
+    _, second = build_cache(ClipCache(str(tmp_path / "cache"), SPEC), kept)
+    assert second.decoded == 0 and second.cached == 6  # later epochs and retrains: no decode
+
+
+def test_cache_key_follows_what_changes_the_clips(two_layouts: Path) -> None:
+    e = collect_examples([str(two_layouts / "crema")])[0][0]
+    keys = {
+        cache_key(e, SPEC),
+        cache_key(e, ClipSpec(12, 32, 4.0, 2)),
+        cache_key(e, ClipSpec(8, 48, 4.0, 2)),
+        cache_key(Example(e.uri, "other-etag", e.size, e.label, e.actor, e.dataset), SPEC),
+    }
+    assert len(keys) == 4
+    assert cache_key(e, SPEC) == cache_key(e, ClipSpec(8, 32, 4.0, 2))
+
+
+def test_cache_on_s3(two_layouts: Path, s3_server, s3_bucket: str, tmp_path: Path) -> None:
+    client = s3_server.client()
+    for path in sorted((two_layouts / "ravdess" / "Actor_02").glob("*.mp4")):
+        client.upload_file(str(path), s3_bucket, f"data/Actor_02/{path.name}")
+    options = {"endpoint_url": s3_server.endpoint_url}
+    examples, _ = collect_examples([f"s3://{s3_bucket}/data"], options)
+    assert len(examples) == 3 and all(e.uri.startswith("s3://") and e.etag for e in examples)
+    cache = ClipCache(f"s3://{s3_bucket}/cache", SPEC, options, local_dir=tmp_path / "a")
+    kept, report = build_cache(cache, examples)
+    assert report.decoded == 3
+    keys = client.list_objects_v2(Bucket=s3_bucket, Prefix="cache/clips/")["Contents"]
+    assert len(keys) == 3
+    fresh = ClipCache(f"s3://{s3_bucket}/cache", SPEC, options, local_dir=tmp_path / "b")
+    _, again = build_cache(fresh, kept)  # another machine: the cache is found on S3
+    assert again.cached == 3 and again.decoded == 0
+    np.testing.assert_array_equal(fresh.load(kept[0]), cache.load(kept[0]))
+
+
+def test_real_clips_parse_and_decode_through_the_cache(shared_data: Path,
+                                                       tmp_path: Path) -> None:
+    examples, report = collect_examples([str(shared_data / "crema_d"),
+                                         str(shared_data / "ravdess")])
+    assert {(e.label, e.actor) for e in examples} == {
+        ("angry", "crema-d:1001"), ("happy", "crema-d:1001"), ("neutral", "crema-d:1001"),
+        ("sad", "crema-d:1001")}
+    assert report.outside_classes == {"surprised": 1}  # the RAVDESS clip is emotion 08
+    cache = ClipCache(str(tmp_path / "cache"), ClipSpec(16, 64, 4.0, 2))
+    kept, cache_report = build_cache(cache, examples)
+    assert len(kept) == 4 and not cache_report.corrupt
+    for e in kept:
+        clips = cache.load(e)
+        assert clips.shape[1:] == (32, 64, 64, 3) and clips.std() > 5  # real pictures

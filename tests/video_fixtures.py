@@ -1,0 +1,123 @@
+"""Test videos: a moving pattern whose frames spell their own index (so a decoder's frame order
+and timing can be checked), and an audio-only file. Importable from every test module
+(``tests/`` is on ``sys.path`` through its conftest) and nothing in the package uses them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+
+from emotion_model.video_writer import available_encoders, encode_video
+
+__all__ = [
+    "decode_frames",
+    "encode_audio_only",
+    "encode_video",
+    "make_test_pattern",
+    "needs_encoder",
+    "pattern_frame_index",
+]
+
+
+
+
+def encode_audio_only(path: str | Path, seconds: float = 1.0) -> Path:
+    """Write an .mp4 holding one AAC tone (440 Hz, mono) and no video stream."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rate, n = 16_000, 1024
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=rate)
+        stream.layout = "mono"
+        for i in range(int(seconds * rate / n)):
+            t = (np.arange(n) + i * n) / rate
+            samples = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None, :]
+            frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = rate, i * n
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+def _counter_layout(height: int, width: int) -> tuple[int, int, int]:
+    """Bits, block width and bar height of the frame-index bar on top of a test pattern."""
+    bits = max(1, min(16, width // 8))
+    return bits, width // bits, max(2, min(8, height // 4))
+
+
+def make_test_pattern(num_frames: int, height: int, width: int, *, seed: int = 0) -> np.ndarray:
+    """A cheap moving pattern, uint8 `[T, H, W, 3]`, that compresses well and changes per frame.
+
+    A colour gradient whose blue channel drifts with time, a square bouncing across the
+    frame, and a black/white bar along the top that spells the frame index in binary
+    (`pattern_frame_index` reads it back from a decoded frame; up to 16 bits when
+    `width >= 128`, fewer for narrower frames).
+    """
+    if num_frames < 1 or height < 1 or width < 1:
+        raise ValueError(f"need positive num_frames, height, width; got "
+                         f"{num_frames}, {height}, {width}")
+    rng = np.random.default_rng(seed)
+    hue = rng.integers(0, 256, size=3)
+    square_rgb = rng.integers(0, 256, size=3).astype(np.uint8)
+    ys = np.linspace(0, 255, height, dtype=np.float32)[:, None]
+    xs = np.linspace(0, 255, width, dtype=np.float32)[None, :]
+    base = np.empty((height, width, 3), np.uint8)
+    base[..., 0] = ((xs + hue[0]) % 256).astype(np.uint8)
+    base[..., 1] = ((ys + hue[1]) % 256).astype(np.uint8)
+    side = max(2, min(height, width) // 4)
+    vx, vy = rng.uniform(1.0, 4.0, size=2)
+    bits, block, bar = _counter_layout(height, width)
+    out = np.empty((num_frames, height, width, 3), np.uint8)
+    for t in range(num_frames):
+        frame = out[t]
+        frame[:] = base
+        frame[..., 2] = (hue[2] + 4 * t) % 256
+        x = _bounce(vx * t, width - side)
+        y = _bounce(vy * t, height - side)
+        frame[y:y + side, x:x + side] = square_rgb
+        for b in range(bits):
+            frame[:bar, b * block:(b + 1) * block] = 255 if (t >> b) & 1 else 0
+    return out
+
+
+def _bounce(pos: float, span: int) -> int:
+    if span <= 0:
+        return 0
+    p = int(pos) % (2 * span)
+    return p if p <= span else 2 * span - p
+
+
+def pattern_frame_index(frame: np.ndarray) -> int:
+    """Read the frame index from a (decoded) `make_test_pattern` frame, uint8 `[H, W, 3]`.
+
+    Modulo `2**bits`, where bits = min(16, width // 8).
+    """
+    height, width = frame.shape[:2]
+    bits, block, bar = _counter_layout(height, width)
+    index = 0
+    for b in range(bits):
+        cell = frame[:bar, b * block:(b + 1) * block]
+        # read the middle of each block so codec ringing at edges does not matter
+        core = cell[bar // 4: max(bar // 4 + 1, 3 * bar // 4), block // 4: 3 * block // 4 or 1]
+        if core.mean() > 127:
+            index |= 1 << b
+    return index
+
+
+
+
+def needs_encoder(codec: str) -> None:
+    """Fail unless this PyAV build can encode with ``codec``: PyAV's wheels bundle FFmpeg with
+    the encoders the tests use, so a missing one is a broken install, not a reason to skip."""
+    assert codec in available_encoders(), f"encoder {codec} not in this PyAV build"
+
+
+def decode_frames(path: Path) -> tuple[list[np.ndarray], list[float]]:
+    """All frames of ``path`` as uint8 RGB ``[H, W, 3]`` and their presentation times (s)."""
+    with av.open(str(path)) as container:
+        frames, times = [], []
+        for frame in container.decode(video=0):
+            frames.append(frame.to_ndarray(format="rgb24"))
+            times.append(float(frame.pts * frame.time_base))
+    return frames, times
