@@ -1,6 +1,9 @@
-"""The ``emotion-pipeline`` command line: one entry point, a subcommand per job.
+"""The ``emotion-pipeline`` command line: one entry point, a subcommand per job, one exit code
+convention (0 done, 1 the run failed, 2 a bad parameter or input).
 
-Heavy imports (torch, Prefect) happen inside each subcommand, so ``--help`` is instant.
+Subcommands: ``cli/model.py`` (predict, export, new-model, make-sample-data), ``cli/run.py``
+(run, demo), ``cli/train.py`` (train), ``cli/ops.py`` (pools, doctor). Heavy imports (torch,
+Prefect) happen inside each subcommand, so ``--help`` is instant.
 """
 
 from __future__ import annotations
@@ -9,105 +12,13 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
-from cli import ops, run, train
+from cli import model, ops, run, train
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, soft_wrap=True)
-
-
-def _cmd_predict(args: argparse.Namespace) -> int:
-    from emotion_model.predict import Predictor, predict_video
-
-    predictor = Predictor.from_file(args.model, device=args.device)
-    result = predict_video(
-        predictor, args.video, clip_seconds=args.clip_seconds,
-        stride_seconds=args.stride_seconds, batch_size=args.batch_size,
-    )
-    table = Table(title=f"{result.uri}  (model {result.model_version})")
-    table.add_column("clip", justify="right")
-    table.add_column("start s", justify="right")
-    table.add_column("end s", justify="right")
-    table.add_column("label")
-    table.add_column("confidence", justify="right")
-    for label in predictor.labels:
-        table.add_column(label[:7], justify="right")
-    for clip in result.clips:
-        table.add_row(
-            str(clip.index), f"{clip.start_s:.2f}", f"{clip.end_s:.2f}", clip.label,
-            f"{clip.confidence:.3f}", *(f"{clip.probabilities[k]:.3f}" for k in predictor.labels),
-        )
-    table.add_row(
-        "video", "0.00", f"{result.duration_s:.2f}", f"[bold]{result.label}[/bold]",
-        f"{result.confidence:.3f}", *(f"{result.probabilities[k]:.3f}" for k in predictor.labels),
-    )
-    console.print(table)
-    if result.partial:
-        err.print(f"warning: {result.uri}: partly decoded: {result.partial_reason}")
-    if predictor.metadata.get("untrained"):
-        err.print("note: this model is untrained (random weights): its labels mean nothing")
-    return 0
-
-
-def _cmd_export(args: argparse.Namespace) -> int:
-    from emotion_model.checkpoint import load_deployment
-    from emotion_model.export import export_model
-
-    model, metadata = load_deployment(args.model)
-    report = export_model(model, metadata, args.output, format=args.format)
-    console.print(
-        f"wrote {report['path']} ({report['bytes'] / 1e6:.1f} MB, {report['format']}); "
-        f"max |probability difference| vs eager: {report['max_abs_diff']:.2e}"
-    )
-    return 0
-
-
-def _cmd_new_model(args: argparse.Namespace) -> int:
-    import torch
-
-    from emotion_model.checkpoint import save_deployment
-    from emotion_model.model import build_model
-
-    torch.manual_seed(args.seed)
-    model = build_model("small" if args.small else "r50").eval()
-    meta = save_deployment(
-        model, args.output, num_frames=args.num_frames, img_size=args.img_size,
-        untrained=True,
-        notes="UNTRAINED: random weights, for smoke tests and benchmarks only; "
-        "its predictions mean nothing",
-    )
-    size_mb = Path(args.output).stat().st_size / 1e6 if "://" not in str(args.output) else 0
-    console.print(
-        f"wrote {args.output}: untrained {'small' if args.small else 'r50'} model, "
-        f"version {meta['model_version']}" + (f", {size_mb:.1f} MB" if size_mb else "")
-    )
-    return 0
-
-
-def _cmd_make_sample_data(args: argparse.Namespace) -> int:
-    from emotion_model.sample_data import make_sample_dataset
-
-    paths = make_sample_dataset(
-        args.output, actors=args.actors, layout=args.layout, seed=args.seed,
-        takes_per_emotion=args.takes,
-    )
-    console.print(f"wrote {len(paths)} synthetic videos under {args.output}")
-    return 0
-
-
-def _add_common_video_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--clip-seconds", type=float, default=4.0,
-                   help="clip window length in seconds (default 4; a shorter video is one clip)")
-    p.add_argument("--stride-seconds", type=float, default=None,
-                   help="seconds between window starts (default: --clip-seconds)")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="clips per model call (default: CPU 2, GPU 32)")
-    p.add_argument("--device", default="auto",
-                   help="auto (GPU when present), cpu or cuda[:N] (default auto)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,46 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("predict", help="predict the emotions of one video file",
-                       description="Decode one video into clips, run the model and print a "
-                       "table: one row per clip and the video's mean.")
-    p.add_argument("video", help="path of the video file")
-    p.add_argument("--model", required=True, help="deployment file (.safetensors) path or URI")
-    _add_common_video_args(p)
-    p.set_defaults(func=_cmd_predict)
-
-    p = sub.add_parser("export", help="export a model to ONNX or TorchScript",
-                       description="Export a deployment file to ONNX (dynamic batch) or "
-                       "TorchScript; the export is checked against the eager model "
-                       "(max probability difference <= 1e-4) before it is written.")
-    p.add_argument("model", help="deployment file path or URI")
-    p.add_argument("--format", choices=["onnx", "torchscript"], required=True)
-    p.add_argument("--output", required=True, help="file to write")
-    p.set_defaults(func=_cmd_export)
-
-    p = sub.add_parser("new-model", help="write an UNTRAINED model file (smoke tests only)",
-                       description="Write a deployment file with random weights. It is for "
-                       "smoke tests and benchmarks only: its predictions mean nothing, and its "
-                       "metadata says untrained=true.")
-    p.add_argument("output", help="file to write (.safetensors)")
-    p.add_argument("--small", action="store_true",
-                   help="the width-reduced variant (width 16, 1/13.5 of R50's FLOPs)")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the weights")
-    p.add_argument("--num-frames", type=int, default=48, help="frames per clip (default 48)")
-    p.add_argument("--img-size", type=int, default=112, help="frame size in pixels (112)")
-    p.set_defaults(func=_cmd_new_model)
-
-    p = sub.add_parser("make-sample-data", help="render synthetic face videos (not real data)",
-                       description="Render short videos of drawn faces whose expression follows "
-                       "each emotion, named like RAVDESS or CREMA-D, to exercise the pipeline on "
-                       "a CPU. Synthetic: says nothing about accuracy on real faces.")
-    p.add_argument("output", help="folder to write")
-    p.add_argument("--actors", type=int, default=6, help="number of actors (default 6)")
-    p.add_argument("--layout", choices=["ravdess", "crema-d"], default="ravdess")
-    p.add_argument("--takes", type=int, default=1, help="takes per emotion per actor")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_cmd_make_sample_data)
-
+    model.register(sub)  # predict, export, new-model, make-sample-data
     run.register(sub)
     train.register(sub)
     ops.register(sub)  # pools, doctor
@@ -174,7 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    from emotion_model.errors import EmotionModelError, one_line
+    from emotion_model.errors import EmotionModelError
+    from tasks.errors import error_line
 
     try:
         return int(args.func(args) or 0)
@@ -185,8 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         err.print(f"error: {exc}", markup=False, highlight=False)
         return 2
     except Exception as exc:  # the run itself failed (its summary says why)
-        err.print(f"error: {type(exc).__name__}: {one_line(exc, None)}", markup=False,
-                  highlight=False)
+        err.print(f"error: {error_line(exc, None)}", markup=False, highlight=False)
         return 1
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -4,13 +4,17 @@ on Prefect's ephemeral local server (nothing to start), with a progress bar."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from cli.settings_args import add_settings_arguments, parameters_from_args
+from tasks.batch.settings import BatchSettings
+from tasks.common.storage import local_path
+from tasks.errors import SourceNotFoundError
 
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -70,20 +74,10 @@ def print_summary(summary: dict[str, Any], output: str) -> None:
 
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:
-    params: dict[str, Any] = {
-        "source": args.source, "output": args.output, "model": args.model,
-        "clip_seconds": args.clip_seconds, "stride_seconds": args.stride_seconds,
-        "batch_size": args.batch_size, "shard_size": args.shard_size, "device": args.device,
-        "max_videos": args.max_videos, "reprocess": args.reprocess,
-        "decode_threads": args.decode_threads, "shard_concurrency": args.shard_concurrency,
-    }
-    if args.storage_options:
-        try:
-            params["storage_options"] = json.loads(args.storage_options)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"--storage-options is not JSON: {exc}") from None
+    params = parameters_from_args(BatchSettings, args)
     if args.endpoint_url:
-        params.setdefault("storage_options", {})["endpoint_url"] = args.endpoint_url
+        params["storage_options"] = {**(params.get("storage_options") or {}),
+                                     "endpoint_url": args.endpoint_url}
     return params
 
 
@@ -91,11 +85,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run the batch flow; 0 when the run completes (even with bad videos), 1 when it fails."""
     quiet_prefect(args.verbose)
     params = _params(args)
-    from flows.batch_inference import make_settings
-    from tasks.batch.settings import local_path
-    from tasks.common.storage import SourceNotFoundError
-
-    settings = make_settings(**params)  # a bad parameter fails here, in one line, before Prefect
+    settings = BatchSettings.from_parameters(**params)  # a bad one fails here, before Prefect
     local = local_path(settings.source)
     if local is not None and not os.path.exists(local):  # no Prefect traceback for a typo
         raise SourceNotFoundError(settings.source, "source not found (no such file or folder)")
@@ -146,27 +136,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="List the videos under SOURCE, predict every new or changed one and write "
         "Parquet under --output (predictions/, videos/, errors/, runs/). Runs on Prefect's "
         "ephemeral local server. Exit 0 when the run completes, even when some videos are bad "
-        "(they are rows in errors/); 1 when the run fails; 2 for a bad parameter.",
+        "(they are rows in errors/); 1 when the run fails; 2 for a bad parameter. The flags are "
+        "the batch-inference flow's parameters.",
     )
-    p.add_argument("source", help="s3://bucket/prefix, file:///path or a local folder")
-    p.add_argument("--output", default="./outputs", help="folder or s3:// prefix (./outputs)")
-    p.add_argument("--model", required=True,
-                   help="deployment file (.safetensors) or a registry's production.json")
-    p.add_argument("--clip-seconds", type=float, default=4.0, help="clip window length (4)")
-    p.add_argument("--stride-seconds", type=float, default=None,
-                   help="seconds between window starts (default: --clip-seconds)")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="clips per model call (default: CPU 2, GPU 32)")
-    p.add_argument("--shard-size", type=int, default=64, help="videos per shard task (64)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (auto)")
-    p.add_argument("--max-videos", type=int, default=None, help="process at most N videos")
-    p.add_argument("--reprocess", action="store_true",
-                   help="redo videos already recorded for this model version")
-    p.add_argument("--decode-threads", type=int, default=2, help="videos decoded at once (2)")
-    p.add_argument("--shard-concurrency", type=int, default=1, help="shards at once (1)")
-    p.add_argument("--storage-options", default=None,
-                   help='s3fs options as JSON, e.g. \'{"anon": true}\'')
-    p.add_argument("--endpoint-url", default=None, help="S3 endpoint (MinIO, a test server)")
+    add_settings_arguments(p, BatchSettings, positional=["source"])
+    p.add_argument("--endpoint-url", default=None,
+                   help="S3 endpoint (MinIO, a test server); added to --storage-options")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
 

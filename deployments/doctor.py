@@ -119,8 +119,8 @@ def check_s3_readable(uri: str, *, endpoint_url: str | None = None) -> Check:
 
 def check_writable(uri: str, *, storage_options: Mapping[str, Any] | None = None) -> Check:
     """`uri` (an output folder or ``s3://`` prefix) takes a probe object, which is removed."""
-    from tasks.common.storage import OutputNotWritableError
     from tasks.common.storage import check_writable as probe
+    from tasks.errors import OutputNotWritableError
 
     try:
         probe(uri, storage_options)

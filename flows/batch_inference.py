@@ -21,29 +21,17 @@ from prefect import flow, get_run_logger
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import ValidationError
 
-from emotion_model.errors import one_line
 from tasks.batch.cluster import current_dask_client, dask_task_runner, shard_placement
 from tasks.batch.infer import ShardResult, infer_shard
 from tasks.batch.planning import ModelInfo, RunPlan, ShardPlan, plan_run_task, preflight_task
-from tasks.batch.settings import BatchSettings, format_validation_error
+from tasks.batch.settings import BatchSettings
 from tasks.batch.summary import build_summary, commit_run_summary
+from tasks.common.settings import document_parameters
+from tasks.errors import RunFailedError, error_line
 
 MAX_SHARD_THREADS = 64
 """Upper bound of the thread pool; ``shard_concurrency`` bounds what actually runs."""
-
-
-class RunFailedError(RuntimeError):
-    """Some shards could not be written; the summary lists them."""
-
-
-def make_settings(**parameters: Any) -> BatchSettings:
-    """Validate the flow's parameters; a bad one raises ValueError naming the field."""
-    try:
-        return BatchSettings(**parameters)
-    except ValidationError as exc:
-        raise ValueError(format_validation_error(exc)) from None
 
 
 def new_run_id() -> str:
@@ -69,7 +57,7 @@ def plan_and_infer(
         try:
             results.append(future.result())
         except Exception as exc:  # the shard's output could not be written, after retries
-            failed[index] = f"{type(exc).__name__}: {one_line(exc, 300)}"
+            failed[index] = error_line(exc)
             logger.error("shard %d failed: %s", index, failed[index])
 
     def submit(shard: ShardPlan) -> Any:
@@ -111,6 +99,7 @@ def plan_and_infer_on_dask(
     task_runner=ThreadPoolTaskRunner(max_workers=MAX_SHARD_THREADS),
     validate_parameters=False,  # BatchSettings validates, with one clear message per field
 )
+@document_parameters(BatchSettings)
 def batch_inference(
     source: str,
     model: str,
@@ -124,6 +113,7 @@ def batch_inference(
     reprocess: bool = False,
     storage_options: dict[str, Any] | None = None,
     decode_threads: int = 2,
+    queue_depth: int | None = None,
     shard_concurrency: int = 1,
     task_runner: str = "threads",
     dask_address: str | None = None,
@@ -131,34 +121,11 @@ def batch_inference(
 ) -> dict[str, Any]:
     """Predict every new or changed video under ``source``; write Parquet under ``output``.
 
-    Args:
-        source: ``s3://bucket/prefix``, ``file:///path`` or a local folder of videos.
-        model: deployment file path/URI, or a model registry's ``production.json``.
-        output: folder or ``s3://`` prefix for predictions/, videos/, errors/ and runs/.
-        clip_seconds: clip window length; a shorter video is one clip.
-        stride_seconds: seconds between window starts (default: ``clip_seconds``).
-        batch_size: clips per model call (default: CPU 2, GPU 32, the measured best).
-        shard_size: videos per shard task.
-        device: ``auto`` (GPU when present), ``cpu``, ``cuda`` or ``cuda:N``.
-        max_videos: process at most this many videos this run (the rest wait for the next).
-        reprocess: redo videos already recorded for this model version.
-        storage_options: s3fs options (``endpoint_url``, ``profile``, ``anon``...).
-        decode_threads: videos decoded at once within a shard.
-        shard_concurrency: shard tasks running at once (``task_runner="threads"``).
-        task_runner: ``threads`` (this process) or ``dask`` (a Dask cluster).
-        dask_address: scheduler address of an existing Dask cluster (``tcp://host:8786``).
-        dask_local_workers: or the worker processes of a Dask cluster started for this run.
-
-    Returns the run summary (also written to ``runs/<run_id>.json``).
+    The parameters are the fields of ``BatchSettings`` (tasks/batch/settings.py), which
+    validates them; a test keeps this signature and the model in step. Returns the run summary
+    (also written to ``runs/<run_id>.json``).
     """
-    settings = make_settings(
-        source=source, model=model, output=output, clip_seconds=clip_seconds,
-        stride_seconds=stride_seconds, batch_size=batch_size, shard_size=shard_size,
-        device=device, max_videos=max_videos, reprocess=reprocess,
-        storage_options=storage_options, decode_threads=decode_threads,
-        shard_concurrency=shard_concurrency, task_runner=task_runner,
-        dask_address=dask_address, dask_local_workers=dask_local_workers,
-    )
+    settings = BatchSettings.from_parameters(**locals())  # locals(): exactly the parameters
     logger = get_run_logger()
     started = dt.datetime.now(dt.UTC)
     run_id = new_run_id()

@@ -11,9 +11,8 @@ import datetime as dt
 from typing import Any
 
 from prefect import flow, get_run_logger
-from pydantic import ValidationError
 
-from tasks.batch.settings import format_validation_error
+from tasks.common.settings import document_parameters
 from tasks.training.settings import RetrainSettings
 from tasks.training.steps import (
     evaluate_candidate,
@@ -23,15 +22,8 @@ from tasks.training.steps import (
 )
 
 
-def make_retrain_settings(**parameters: Any) -> RetrainSettings:
-    """Validate the flow's parameters; a bad one raises ValueError naming the field."""
-    try:
-        return RetrainSettings(**parameters)
-    except ValidationError as exc:
-        raise ValueError(format_validation_error(exc)) from None
-
-
 @flow(name="retrain", validate_parameters=False)  # RetrainSettings validates, field by field
+@document_parameters(RetrainSettings)
 def retrain(
     sources: list[str],
     registry: str,
@@ -62,38 +54,12 @@ def retrain(
 ) -> dict[str, Any]:
     """Train a candidate on ``sources``, evaluate it on held-out actors and publish it.
 
-    Args:
-        sources: folders or s3:// prefixes in RAVDESS or CREMA-D layout, or manifests (.csv or
-            .parquet with uri, label, actor).
-        registry: folder or s3:// prefix of the model registry.
-        cache: clip cache (default ``<registry>/cache``).
-        checkpoint_dir: per-epoch checkpoint folder (default ``<registry>/training/<run key>``).
-        preset: ``r50`` (the model card) or ``small`` (width 16).
-        num_frames: frames per clip (multiple of 4). img_size: frame size in pixels.
-        clip_seconds: clip window; max_clips_per_video: windows cached per video.
-        epochs: epochs planned (the one-cycle schedule spans them). patience: early stopping.
-        batch_size: clips per step (default CPU 8, GPU 16). lr: peak learning rate.
-        weight_decay, label_smoothing, crop_scale, grad_clip: the recipe's knobs.
-        val_fraction: share of actors held out. seed: split, shuffles and initial weights.
-        init: deployment file to fine-tune. pretrained: Kinetics SlowFast-R50 weights.
-        resume: continue from the last checkpoint of this run key (a lost spot instance).
-        force: promote even when the candidate does not beat production (logged).
-        device: auto, cpu, cuda or cuda:N. decode_threads: videos decoded at once.
-        storage_options: s3fs options (endpoint_url, profile, ...).
-
-    Returns a summary: model_version, where it was published, whether it was promoted and
-    why, its metrics, the data counts and the timings.
+    The parameters are the fields of ``RetrainSettings`` (tasks/training/settings.py), which
+    validates them; a test keeps this signature and the model in step. Returns a summary:
+    model_version, where it was published, whether it was promoted and why, its metrics, the
+    data counts and the timings.
     """
-    settings = make_retrain_settings(
-        sources=sources, registry=registry, cache=cache, checkpoint_dir=checkpoint_dir,
-        preset=preset, num_frames=num_frames, img_size=img_size, clip_seconds=clip_seconds,
-        max_clips_per_video=max_clips_per_video, epochs=epochs, patience=patience,
-        batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-        label_smoothing=label_smoothing, crop_scale=crop_scale, grad_clip=grad_clip,
-        val_fraction=val_fraction, seed=seed, init=init, pretrained=pretrained, resume=resume,
-        force=force, device=device, decode_threads=decode_threads,
-        storage_options=storage_options,
-    )
+    settings = RetrainSettings.from_parameters(**locals())  # locals(): exactly the parameters
     logger = get_run_logger()
     started = dt.datetime.now(dt.UTC)
     logger.info("retrain %s (run key %s) -> %s", settings.sources, settings.run_key(),

@@ -22,16 +22,13 @@ import distributed
 from prefect.context import FlowRunContext
 
 from tasks.batch.settings import BatchSettings
+from tasks.errors import NoDaskWorkersError
 
 GPU_RESOURCE = "GPU"
 """The worker resource that marks one GPU (``dask-worker --resources GPU=1``)."""
 
 WAIT_FOR_WORKERS_S = 120.0
 """How long a run waits for the cluster's first worker before it fails."""
-
-
-class NoDaskWorkersError(RuntimeError):
-    """The Dask scheduler has no workers to run shards on."""
 
 
 def local_cluster(*, n_workers: int, torch_threads: int | None = None) -> distributed.LocalCluster:

@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import os
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-)
+from pydantic import Field, ValidationInfo, field_validator
 
-_SECRET_KEYS = ("secret", "key", "token", "password", "session")
+from tasks.common.settings import FlowSettings, check_uri
+
 _DASK_SCHEMES = ("tcp", "tls", "ucx", "ws", "wss", "inproc")
 
 
-class BatchSettings(BaseModel):
+class BatchSettings(FlowSettings):
     """Parameters of one ``batch-inference`` run; every field is checked before any work."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     source: str = Field(
         description="Where the videos are: s3://bucket/prefix, file:///path or a local folder."
@@ -42,15 +33,8 @@ class BatchSettings(BaseModel):
         description="Clips per model call; default: the device's best (CPU 2, GPU 32).",
     )
     shard_size: int = Field(default=64, ge=1, le=100_000, description="Videos per shard task.")
-    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
     max_videos: int | None = Field(default=None, ge=1, description="Process at most this many.")
     reprocess: bool = Field(default=False, description="Redo videos already recorded as done.")
-    storage_options: dict[str, Any] | None = Field(
-        default=None, description="fsspec/s3fs options (endpoint_url, profile, anon, ...)."
-    )
-    decode_threads: int = Field(
-        default=2, ge=1, le=64, description="Videos decoded at once per shard (decode pool)."
-    )
     queue_depth: int | None = Field(
         default=None, ge=1, le=4096, description="Decoded clips held in memory (2 x batch, >= 8)."
     )
@@ -73,23 +57,8 @@ class BatchSettings(BaseModel):
 
     @field_validator("source", "output", "model")
     @classmethod
-    def _not_blank(cls, value: str) -> str:
-        value = value.strip()
-        if not value:
-            raise ValueError("must not be empty")
-        if "://" in value and not value.split("://", 1)[0].replace("+", "").isalnum():
-            raise ValueError(f"not a URI or path: {value!r}")
-        return value
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, value: str) -> str:
-        value = value.strip().lower()
-        if value in ("auto", "cpu", "cuda") or (
-            value.startswith("cuda:") and value[5:].isdigit()
-        ):
-            return value
-        raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {value!r}")
+    def _uri(cls, value: str) -> str:
+        return check_uri(value)
 
     @field_validator("dask_address")
     @classmethod
@@ -134,39 +103,3 @@ class BatchSettings(BaseModel):
     def clip_queue_depth(self, batch_size: int) -> int:
         """Bound of the decoded-clip queue: ``queue_depth``, or twice the batch (at least 8)."""
         return self.queue_depth or max(8, 2 * batch_size)
-
-    def public_dict(self) -> dict[str, Any]:
-        """The settings with secrets in storage_options masked (for logs and run summaries)."""
-        data = self.model_dump()
-        if data.get("storage_options"):
-            data["storage_options"] = mask_secrets(data["storage_options"])
-        return data
-
-
-def mask_secrets(options: Any) -> Any:
-    """A copy of ``options`` with every value under a secret-looking key replaced by ``***``."""
-    if isinstance(options, dict):
-        return {
-            k: "***" if any(s in str(k).lower() for s in _SECRET_KEYS) and k != "key_prefix"
-            else mask_secrets(v)
-            for k, v in options.items()
-        }
-    return options
-
-
-def format_validation_error(exc: ValidationError) -> str:
-    """One line naming each bad field: ``invalid parameter 'batch_size': ...``."""
-    parts = []
-    for error in exc.errors():
-        field = ".".join(str(p) for p in error.get("loc", ())) or "settings"
-        parts.append(f"invalid parameter {field!r}: {error.get('msg', 'invalid')}")
-    return "; ".join(parts)
-
-
-def local_path(uri: str) -> str | None:
-    """The local path of a plain path or file:// URI; None for remote URIs."""
-    if uri.startswith("file://"):
-        return uri[len("file://"):]
-    if "://" in uri:
-        return None
-    return os.path.abspath(uri)

@@ -15,7 +15,8 @@ from typing import Any
 
 from fsspec.implementations.local import LocalFileSystem
 
-from tasks.common.storage import SourceNotFoundError, resolve, with_retries
+from tasks.common.storage import resolve, with_retries
+from tasks.errors import SourceNotFoundError
 
 logger = logging.getLogger(__name__)
 

@@ -33,6 +33,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from emotion_model.errors import one_line
 from emotion_model.files import atomic_write
+from tasks.errors import OutputNotWritableError, SourceNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -46,29 +47,13 @@ __all__ = [
     "is_local",
     "is_transient",
     "join",
+    "local_path",
     "read_bytes",
     "remove_file",
     "resolve",
     "retry_transient",
     "with_retries",
 ]
-
-
-# --- errors ------------------------------------------------------------------------------------
-class SourceNotFoundError(ValueError):
-    """The source to list does not exist (no such local folder, no such bucket)."""
-
-    def __init__(self, uri: str, reason: str) -> None:
-        super().__init__(f"{uri}: {one_line(reason)}")
-        self.uri = uri
-
-
-class OutputNotWritableError(ValueError):
-    """The output location cannot be written (missing bucket, no permission, not a folder)."""
-
-    def __init__(self, uri: str, reason: str) -> None:
-        super().__init__(f"{uri}: {one_line(reason)}")
-        self.uri = uri
 
 
 # --- resolving URIs ----------------------------------------------------------------------------
@@ -94,6 +79,11 @@ _FS_CACHE_LOCK = threading.Lock()
 def is_local(uri: str) -> bool:
     """True for ``file://`` URIs and plain paths, False for ``s3://`` and other protocols."""
     return uri.startswith("file://") or "://" not in uri
+
+
+def local_path(uri: str) -> str | None:
+    """The absolute local path of a plain path or ``file://`` URI; None for remote URIs."""
+    return _local_path(uri) if is_local(uri) else None
 
 
 def _local_path(uri: str) -> str:

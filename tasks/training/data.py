@@ -15,6 +15,7 @@ from fsspec.implementations.local import LocalFileSystem
 from emotion_model.labels import EMOTION_LABELS, parse_name
 from tasks.common.listing import VideoObject, list_videos, local_etag
 from tasks.common.storage import join, read_bytes, resolve, with_retries
+from tasks.errors import ManifestError
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +91,11 @@ def _read_manifest(uri: str, storage_options: Mapping[str, Any] | None) -> list[
         else:
             table = pd.read_parquet(io.BytesIO(data)).astype(str)
     except Exception as exc:
-        raise ValueError(f"{uri}: not a readable manifest ({type(exc).__name__}: {exc})") from None
+        raise ManifestError(uri, f"not a readable manifest ({type(exc).__name__}: {exc})") from None
     table.columns = [str(c).strip().lower() for c in table.columns]
     missing = {"uri", "label", "actor"} - set(table.columns)
     if missing:
-        raise ValueError(f"{uri}: manifest lacks the column(s) {sorted(missing)}; "
+        raise ManifestError(uri, f"manifest lacks the column(s) {sorted(missing)}; "
                          "it needs uri, label, actor")
     base = uri.rsplit("/", 1)[0] if "/" in uri else "."
     rows = []

@@ -34,6 +34,7 @@ from emotion_model.predict import resolve_device
 from emotion_model.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from emotion_model.weights import read_state_dict
 from tasks.common.storage import join, read_bytes, resolve, with_retries
+from tasks.errors import NoTrainingDataError
 from tasks.training.clip_cache import ClipCache
 from tasks.training.data import Example
 from tasks.training.settings import RetrainSettings
@@ -268,7 +269,7 @@ def train(
     called after each epoch.
     """
     if not train_examples or not val_examples:
-        raise ValueError(f"training needs examples on both sides of the split; got "
+        raise NoTrainingDataError(f"training needs examples on both sides of the split; got "
                          f"{len(train_examples)} train and {len(val_examples)} validation")
     device = resolve_device(settings.device)
     batch_size = settings.batch_size or default_batch_size(device)

@@ -12,6 +12,7 @@ from typing import Any
 
 from tasks.common.model_pointer import pointer_uri
 from tasks.common.storage import atomic_write_bytes, join, read_bytes
+from tasks.errors import RegistryError
 
 MODEL_FILE = "model.safetensors"
 
@@ -29,7 +30,7 @@ def read_json(uri: str, storage_options: Mapping[str, Any] | None = None) -> dic
         return None
     value = json.loads(data)
     if not isinstance(value, dict):
-        raise ValueError(f"{uri}: expected a JSON object")
+        raise RegistryError(uri, "expected a JSON object")
     return value
 
 

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from tasks.batch.settings import mask_secrets
+from tasks.common.settings import FlowSettings, check_uri
 from tasks.common.storage import join
 
 
-class RetrainSettings(BaseModel):
+class RetrainSettings(FlowSettings):
     """Parameters of one ``retrain`` run; every field is checked before any work."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     sources: list[str] = Field(
         min_length=1,
@@ -78,11 +76,6 @@ class RetrainSettings(BaseModel):
     force: bool = Field(
         default=False, description="Promote the candidate even when it does not beat production."
     )
-    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
-    decode_threads: int = Field(default=2, ge=1, le=64, description="Videos decoded at once.")
-    storage_options: dict[str, Any] | None = Field(
-        default=None, description="fsspec/s3fs options (endpoint_url, profile, anon, ...)."
-    )
 
     @field_validator("sources")
     @classmethod
@@ -90,20 +83,14 @@ class RetrainSettings(BaseModel):
         cleaned = [v.strip() for v in value]
         if any(not v for v in cleaned):
             raise ValueError("sources must not contain empty entries")
-        for v in cleaned:
-            _check_uri(v)
-        return cleaned
+        return [check_uri(v) for v in cleaned]
 
     @field_validator("registry", "cache", "checkpoint_dir", "init", "pretrained")
     @classmethod
     def _uri(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        value = value.strip()
-        if not value:
-            raise ValueError("must not be empty")
-        _check_uri(value)
-        return value
+        return check_uri(value)
 
     @field_validator("num_frames")
     @classmethod
@@ -112,14 +99,6 @@ class RetrainSettings(BaseModel):
             raise ValueError(f"must be a multiple of 4 (the slow pathway takes every 4th), "
                              f"got {value}")
         return value
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, value: str) -> str:
-        value = value.strip().lower()
-        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
-            return value
-        raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {value!r}")
 
     @model_validator(mode="after")
     def _init_or_pretrained(self) -> RetrainSettings:
@@ -150,15 +129,3 @@ class RetrainSettings(BaseModel):
     def checkpoint_uri(self) -> str:
         """The folder of this run's training checkpoint."""
         return self.checkpoint_dir or join(self.registry, "training", self.run_key())
-
-    def public_dict(self) -> dict[str, Any]:
-        """The settings with secrets in storage_options masked (for logs and metrics.json)."""
-        data = self.model_dump()
-        if data.get("storage_options"):
-            data["storage_options"] = mask_secrets(data["storage_options"])
-        return data
-
-
-def _check_uri(value: str) -> None:
-    if "://" in value and not value.split("://", 1)[0].replace("+", "").isalnum():
-        raise ValueError(f"not a URI or path: {value!r}")

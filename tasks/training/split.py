@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from emotion_model.labels import EMOTION_LABELS
+from tasks.errors import NoTrainingDataError
 from tasks.training.data import Example
 
 
@@ -63,7 +64,7 @@ def split_by_actor(examples: Sequence[Example], val_fraction: float, seed: int) 
         actors_by_dataset[e.dataset].add(e.actor)
     total_actors = sum(len(a) for a in actors_by_dataset.values())
     if total_actors < 2:
-        raise ValueError(f"a split by actor needs at least 2 actors, found {total_actors}")
+        raise NoTrainingDataError(f"a split by actor needs at least 2 actors, found {total_actors}")
     val_actors: set[str] = set()
     for actors in actors_by_dataset.values():
         ranked = sorted(actors, key=lambda a: _actor_rank(seed, a))

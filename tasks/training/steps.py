@@ -19,6 +19,7 @@ from emotion_model.predict import resolve_device
 from tasks.common import progress
 from tasks.common.model_pointer import pointer_uri, resolve_model_uri
 from tasks.common.storage import atomic_write_bytes, join, retry_transient
+from tasks.errors import NoTrainingDataError
 from tasks.training.clip_cache import CacheReport, ClipCache, ClipSpec, build_cache
 from tasks.training.data import DataReport, Example, collect_examples
 from tasks.training.evaluation import (
@@ -106,7 +107,7 @@ def prepare_data(settings: RetrainSettings) -> PreparedData:
         report.duplicates_removed, report.missing,
     )
     if not examples:
-        raise ValueError(f"no labelled videos under {settings.sources} (names must follow "
+        raise NoTrainingDataError(f"no labelled videos under {settings.sources} (names must follow "
                          "RAVDESS or CREMA-D, or give a manifest with uri, label, actor)")
     spec = spec_of(settings)
     cache = ClipCache(settings.cache_uri, spec, settings.storage_options)

@@ -30,7 +30,8 @@ from emotion_model.errors import CheckpointError
 from emotion_model.labels import EMOTION_LABELS
 from emotion_model.video_writer import encode_video
 from flows.batch_inference import batch_inference
-from tasks.common.storage import OutputNotWritableError, SourceNotFoundError, with_retries
+from tasks.common.storage import with_retries
+from tasks.errors import OutputNotWritableError, SourceNotFoundError
 
 # The fixtures' types live in tests/flows/conftest.py (not importable as a module here).
 FaultProxy = VideoCorpus = VideoSpec = Any

@@ -25,10 +25,11 @@ from video_fixtures import make_test_pattern
 
 from emotion_model.labels import EMOTION_LABELS
 from emotion_model.video_writer import encode_video
-from flows.batch_inference import batch_inference, make_settings
+from flows.batch_inference import batch_inference
 from tasks.batch.cluster import local_cluster
 from tasks.batch.planning import preflight
 from tasks.batch.predictors import predictor_cache_info
+from tasks.batch.settings import BatchSettings
 
 PROBS = [f"prob_{label}" for label in EMOTION_LABELS]
 SECONDS = (1.0, 2.5, 1.5, 2.0, 0.8, 2.2, 1.2, 3.0)
@@ -151,7 +152,7 @@ def test_bad_runner_settings_fail_with_one_line_naming_the_field(
     extra: dict[str, Any], field: str, fragment: str
 ) -> None:
     with pytest.raises(ValueError, match=f"invalid parameter '{field}'") as info:
-        make_settings(source="videos", model="model.safetensors", **extra)
+        BatchSettings.from_parameters(source="videos", model="model.safetensors", **extra)
     message = str(info.value)
     assert fragment.replace("'", "") in message.replace("'", "") and "\n" not in message
     assert message.count("invalid parameter") == 1
@@ -159,11 +160,12 @@ def test_bad_runner_settings_fail_with_one_line_naming_the_field(
 
 def test_runner_settings_accept_an_address_or_a_worker_count() -> None:
     base = {"source": "videos", "model": "model.safetensors", "task_runner": "dask"}
-    remote = make_settings(**base, dask_address=" tls://scheduler.internal:8786 ")
+    remote = BatchSettings.from_parameters(**base, dask_address=" tls://scheduler.internal:8786 ")
     assert (remote.dask_address, remote.dask_local_workers) == ("tls://scheduler.internal:8786",
                                                                 None)
-    assert make_settings(**base, dask_local_workers=3).dask_local_workers == 3
-    assert make_settings(source="videos", model="model.safetensors").task_runner == "threads"
+    assert BatchSettings.from_parameters(**base, dask_local_workers=3).dask_local_workers == 3
+    default = BatchSettings.from_parameters(source="videos", model="model.safetensors")
+    assert default.task_runner == "threads"
 
 
 def test_preflight_of_a_dask_run_loads_the_model_on_this_machines_cpu(
@@ -172,11 +174,12 @@ def test_preflight_of_a_dask_run_loads_the_model_on_this_machines_cpu(
     """The flow process of a Dask run needs no GPU: the workers run the model on theirs."""
     base = {"source": "videos", "model": str(model_path), "output": str(tmp_path),
             "device": "cuda"}
-    info = preflight(make_settings(**base, task_runner="dask", dask_local_workers=1))
+    on_dask = BatchSettings.from_parameters(**base, task_runner="dask", dask_local_workers=1)
+    info = preflight(on_dask)
     assert info.untrained and len(info.model_version) == 12
     if not torch.cuda.is_available():  # the threads runner runs the model here: refused
         with pytest.raises(ValueError, match="no CUDA GPU"):
-            preflight(make_settings(**base))
+            preflight(BatchSettings.from_parameters(**base))
 
 
 # --- the runs ------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import torch
 
 from cli.main import main
 from flows.batch_inference import batch_inference
-from flows.retrain import make_retrain_settings, retrain
+from flows.retrain import retrain
 from tasks.training.settings import RetrainSettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
@@ -220,7 +220,7 @@ BAD_VALUES: list[tuple[str, Any]] = [
 def test_bad_parameter_is_refused_naming_it(field: str, value: Any) -> None:
     params = {"sources": ["/data"], "registry": "/registry", field: value}
     with pytest.raises(ValueError, match=rf"invalid parameter '{field}'"):
-        make_retrain_settings(**params)
+        RetrainSettings.from_parameters(**params)
 
 
 def test_every_flow_parameter_has_a_bad_value() -> None:
@@ -229,9 +229,10 @@ def test_every_flow_parameter_has_a_bad_value() -> None:
 
 def test_conflicting_parameters() -> None:
     with pytest.raises(ValueError, match="init .* or pretrained"):
-        make_retrain_settings(sources=["/d"], registry="/r", init="/a", pretrained="/b")
+        RetrainSettings.from_parameters(sources=["/d"], registry="/r", init="/a", pretrained="/b")
     with pytest.raises(ValueError, match="r50 preset only"):
-        make_retrain_settings(sources=["/d"], registry="/r", preset="small", pretrained="/b")
+        RetrainSettings.from_parameters(sources=["/d"], registry="/r", preset="small",
+                                        pretrained="/b")
 
 
 def test_flow_refuses_before_any_work(tmp_path: Path) -> None:

@@ -27,7 +27,8 @@ from emotion_model.errors import (
 )
 from emotion_model.model import build_model
 from emotion_model.video_writer import encode_video
-from flows.batch_inference import batch_inference, make_settings
+from flows.batch_inference import batch_inference
+from tasks.batch.settings import BatchSettings
 
 BAD_VALUES: list[tuple[str, Any]] = [
     ("source", ""),
@@ -51,6 +52,8 @@ BAD_VALUES: list[tuple[str, Any]] = [
     ("storage_options", "endpoint=http://x"),
     ("decode_threads", 0),
     ("decode_threads", 65),
+    ("queue_depth", 0),
+    ("queue_depth", 5000),
     ("shard_concurrency", 0),
 ]
 COVERED_ELSEWHERE = {"task_runner", "dask_address", "dask_local_workers"}
@@ -72,10 +75,11 @@ def test_every_parameter_has_a_bad_value_case() -> None:
 @pytest.mark.parametrize(("field", "value"), BAD_VALUES,
                          ids=[f"{f}={v!r}" for f, v in BAD_VALUES])
 def test_bad_parameter_is_refused_naming_the_field(field: str, value: Any) -> None:
-    """``make_settings`` is the flow's first step: every bad value, one line, the field named."""
+    """``BatchSettings.from_parameters`` is the flow's first step: every bad value, one line,
+    the field named."""
     params: dict[str, Any] = {"source": "videos/", "model": "model.safetensors", field: value}
     with pytest.raises(ValueError, match=rf"^invalid parameter '{field}': ") as raised:
-        make_settings(**params)
+        BatchSettings.from_parameters(**params)
     assert "\n" not in str(raised.value)
 
 

@@ -20,9 +20,9 @@ from video_fixtures import make_test_pattern
 
 import flows.batch_inference as batch_module
 from emotion_model.video_writer import encode_video
-from flows.batch_inference import RunFailedError, batch_inference
+from flows.batch_inference import batch_inference
 from tasks.batch.infer import infer_shard
-from tasks.common.storage import OutputNotWritableError
+from tasks.errors import OutputNotWritableError, RunFailedError
 
 KEYS = [f"v{i}.mp4" for i in range(4)]
 
