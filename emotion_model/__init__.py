@@ -24,6 +24,10 @@ _EXPORTS = {
     "Predictor": "emotion_model.predict",
     "predict_video": "emotion_model.predict",
     "export_model": "emotion_model.export",
+    "read_state_dict": "emotion_model.weights",
+    "encode_video": "emotion_model.video_writer",
+    "make_sample_dataset": "emotion_model.sample_data",
+    "render_face_clip": "emotion_model.sample_data",
 }
 
 __all__ = sorted(_EXPORTS)

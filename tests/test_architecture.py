@@ -166,3 +166,50 @@ def test_each_flow_signature_is_its_settings_model(flow_path: str, settings_path
         else:
             assert parameter.default == field.get_default(), name
         assert f"    {name}: {field.description}" in (flow.fn.__doc__ or ""), name  # type: ignore[attr-defined]
+
+
+def _readme_tree() -> set[str]:
+    """The paths the README's "The tree" block lists (folders end in ``/``)."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("### The tree", 1)[1].split("```", 2)[1]
+    listed: set[str] = set()
+    stack: list[tuple[int, str]] = []
+    for line in block.splitlines():
+        if not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip(" "))
+        name = line.split()[0]
+        if "/" not in name and "." not in name:  # a continuation of the previous description
+            continue
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = "".join(folder for _, folder in stack) + name
+        listed.add(path)
+        if name.endswith("/"):
+            stack.append((indent, name))
+    return listed
+
+
+def test_the_readme_tree_lists_every_module_and_nothing_else() -> None:
+    listed = _readme_tree()
+    modules = {str(p.relative_to(ROOT)) for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")
+               if p.name != "__init__.py"}
+    assert modules - listed == set(), "modules missing from the README's tree"
+    listed_modules = {p for p in listed if p.endswith(".py")}
+    assert {p for p in listed_modules if not (ROOT / p).exists()} == set(), "listed, not there"
+    folders = {p for p in listed if p.endswith("/")}
+    assert {p for p in folders if not (ROOT / p).is_dir()} == set()
+
+
+def test_tests_named_in_the_docs_exist() -> None:
+    """docs/reliability.md and the README cite tests as ``tests/...py::name``: each exists."""
+    import re
+
+    cited = set()
+    for doc in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
+        cited |= set(re.findall(r"(tests/[\w/]+\.py)::(\w+)", doc.read_text()))
+    assert cited
+    missing = [f"{path}::{name}" for path, name in sorted(cited)
+               if not (ROOT / path).exists()
+               or not re.search(rf"^(async )?def {name}\b", (ROOT / path).read_text(), re.M)]
+    assert not missing
