@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cli.settings_args import add_settings_arguments, parameters_from_args
+from cli.settings_args import add_settings_arguments, parameters_from_args, with_endpoint_url
 from tasks.batch.settings import BatchSettings
 from tasks.common.storage import local_path
 from tasks.errors import SourceNotFoundError
@@ -74,11 +74,7 @@ def print_summary(summary: dict[str, Any], output: str) -> None:
 
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:
-    params = parameters_from_args(BatchSettings, args)
-    if args.endpoint_url:
-        params["storage_options"] = {**(params.get("storage_options") or {}),
-                                     "endpoint_url": args.endpoint_url}
-    return params
+    return with_endpoint_url(parameters_from_args(BatchSettings, args), args.endpoint_url)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

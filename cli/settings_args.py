@@ -18,7 +18,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-__all__ = ["add_settings_arguments", "parameters_from_args"]
+__all__ = ["add_settings_arguments", "parameters_from_args", "with_endpoint_url"]
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -110,3 +110,12 @@ def parameters_from_args(
     ``only`` these) present in ``args``; flags left out are absent, so the defaults apply."""
     return {name: getattr(args, name) for name in settings.model_fields
             if hasattr(args, name) and (only is None or name in only)}
+
+
+def with_endpoint_url(params: dict[str, Any], endpoint_url: str | None) -> dict[str, Any]:
+    """``params`` with ``--endpoint-url`` (an S3-compatible server) added to its
+    ``storage_options``; unchanged when no endpoint was given."""
+    if not endpoint_url:
+        return params
+    options = {**(params.get("storage_options") or {}), "endpoint_url": endpoint_url}
+    return {**params, "storage_options": options}

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cli.run import quiet_prefect
-from cli.settings_args import add_settings_arguments, parameters_from_args
+from cli.settings_args import add_settings_arguments, parameters_from_args, with_endpoint_url
 from tasks.common.storage import local_path
 from tasks.errors import SourceNotFoundError
 from tasks.training.settings import RetrainSettings
@@ -22,11 +22,7 @@ err = Console(stderr=True, soft_wrap=True)
 
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:
-    params = parameters_from_args(RetrainSettings, args)
-    if args.endpoint_url:
-        params["storage_options"] = {**(params.get("storage_options") or {}),
-                                     "endpoint_url": args.endpoint_url}
-    return params
+    return with_endpoint_url(parameters_from_args(RetrainSettings, args), args.endpoint_url)
 
 
 def run_retrain(params: dict[str, Any], *, show_progress: bool = True) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import argparse
 import pytest
 
 from cli.main import build_parser
-from cli.settings_args import add_settings_arguments, parameters_from_args
+from cli.settings_args import add_settings_arguments, parameters_from_args, with_endpoint_url
 from tasks.batch.settings import BatchSettings
 from tasks.training.settings import RetrainSettings
 
@@ -80,3 +80,11 @@ def test_only_restricts_both_ways() -> None:
     assert parameters_from_args(BatchSettings, args, only=("device",)) == {"device": "cpu"}
     with pytest.raises(SystemExit):
         parser.parse_args(["--shard-size", "3"])
+
+
+def test_endpoint_url_joins_the_storage_options() -> None:
+    params = {"source": "s3://b/v/", "storage_options": {"anon": True}}
+    assert with_endpoint_url(params, None) is params
+    merged = with_endpoint_url(params, "http://127.0.0.1:5000")
+    assert merged["storage_options"] == {"anon": True, "endpoint_url": "http://127.0.0.1:5000"}
+    assert params["storage_options"] == {"anon": True}  # the caller's dict is not changed
