@@ -2,12 +2,13 @@
 
 ::
 
-    videos of one shard
-        -> decode pool (settings.decode_threads threads): read bytes through fsspec (retried),
-           emotion_model.video.ClipReader -> uint8 clips
-        -> bounded queue (2 x batch_size clips, >= 8: memory stays bounded)
-        -> one consumer: batches of batch_size clips across videos -> Predictor (GPU: AMP,
-           pinned memory; CPU: fp32) under torch.inference_mode()
+    videos of one shard -> ShardRunner
+        -> decode pool (settings.decode_threads threads, ShardRunner._decode_clips): read bytes
+           through fsspec (retried), emotion_model.video.ClipReader -> uint8 clips
+        -> bounded queue (2 x batch_size clips, >= 8: memory stays bounded) of messages:
+           ClipDecoded per clip, then VideoDecoded or VideoFailed per video
+        -> one consumer (ShardRunner._consume): batches of batch_size clips across videos ->
+           Predictor (GPU: AMP, pinned memory; CPU: fp32) under torch.inference_mode()
         -> ShardWriter: predictions / videos / errors, one atomic file per table
 
 Decode and compute overlap: the pool decodes the next clips while the model runs. A bad video
@@ -28,20 +29,20 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, assert_never
 
 import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from emotion_model.errors import VideoError, one_line
+from emotion_model.errors import LabelMismatchError, VideoError, one_line
 from emotion_model.labels import EMOTION_LABELS
 from emotion_model.predict import Predictor, label_probabilities
 from emotion_model.video import Clip, ClipReader, VideoInfo
 from tasks.batch.planning import ShardPlan
 from tasks.batch.predictors import load_predictor
 from tasks.batch.settings import BatchSettings
-from tasks.batch.sink import ShardWriter, prob_columns
+from tasks.batch.sink import ShardWriter, Stage, prob_columns
 from tasks.common import progress
 from tasks.common.listing import VideoObject
 from tasks.common.storage import is_local, read_bytes, resolve, retry_transient
@@ -76,17 +77,51 @@ class ShardResult:
         return dataclasses.asdict(self)
 
 
+# --- messages from the decode workers to the consumer ------------------------------------------
+@dataclass(frozen=True)
+class ClipDecoded:
+    """One clip of video ``index``; its frames wait in the next batch."""
+
+    index: int
+    clip: Clip
+
+
+@dataclass(frozen=True)
+class VideoDecoded:
+    """Video ``index`` decoded to its end: every one of its clips was queued before this."""
+
+    index: int
+    info: VideoInfo
+
+
+@dataclass(frozen=True)
+class VideoFailed:
+    """Video ``index`` failed at ``stage``; it becomes one ``errors`` row."""
+
+    index: int
+    stage: Stage
+    error_type: str
+    message: str
+
+    @classmethod
+    def of(cls, index: int, stage: Stage, exc: BaseException) -> VideoFailed:
+        """The failure ``exc`` (its class name and one-line message)."""
+        return cls(index, stage, type(exc).__name__, one_line(exc))
+
+
+DecodeMessage = ClipDecoded | VideoDecoded | VideoFailed
+"""What the queue carries: a video's clips, then its ``VideoDecoded`` or ``VideoFailed``."""
+
+
 @dataclass
 class _VideoState:
+    """What the consumer knows of one video while its clips are in flight."""
+
     video: VideoObject
     clips: list[tuple[int, float, float]] = field(default_factory=list)  # index, start, end
-    probs: dict[int, np.ndarray] = field(default_factory=dict)
+    probs: dict[int, np.ndarray] = field(default_factory=dict)  # clip index -> probabilities
     info: VideoInfo | None = None
-    error: tuple[str, str, str] | None = None  # stage, error_type, message
-
-
-def _error_of(exc: BaseException) -> tuple[str, str]:
-    return type(exc).__name__, one_line(exc)
+    failure: VideoFailed | None = None
 
 
 def _open_video(video: VideoObject, storage_options: Mapping[str, Any] | None) -> Any:
@@ -100,6 +135,276 @@ def _open_video(video: VideoObject, storage_options: Mapping[str, Any] | None) -
         return read_bytes(video.uri, storage_options)
     fs, path = resolve(video.uri, storage_options)
     return fs.open(path, "rb", block_size=8 * 1024 * 1024)
+
+
+def _close(source: Any) -> None:
+    """Close ``source`` if it is a file object (paths and bytes need nothing). A failure to
+    close a read-only stream is logged, never a second outcome of its video."""
+    close = getattr(source, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception as exc:
+            log.warning("closing %s failed: %s", getattr(source, "path", source), one_line(exc))
+
+
+class ShardRunner:
+    """One run of one shard: decode workers -> bounded queue -> batching consumer -> writer.
+
+    Producer side (pool threads): `_decode_guarded` -> `_decode` -> `_decode_clips` put each
+    video's `ClipDecoded` messages, then its `VideoDecoded` or `VideoFailed`, through `_put`.
+    Consumer side (the calling thread): `_consume` takes the messages (`_receive`), runs a
+    batch whenever ``batch_size`` clips wait (`_run_batch`), and records each video once all
+    its clips were predicted (`_finish_ready` -> `_finish` -> `_record`). Only the decode
+    time is written by several threads (under ``_decode_lock``); the rest is the consumer's.
+    A runner runs once.
+    """
+
+    def __init__(
+        self,
+        shard: int,
+        videos: list[VideoObject],
+        settings: BatchSettings,
+        *,
+        run_id: str,
+        predictor: Predictor,
+        date: str | None = None,
+        on_video_done: Callable[[VideoObject, bool], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.predictor = predictor
+        self.on_video_done = on_video_done
+        self.result = ShardResult(shard=shard, videos=len(videos),
+                                  worker=f"{socket.gethostname()}:{os.getpid()}")
+        self.batch_size = settings.batch_size or predictor.preferred_batch_size
+        self.writer = ShardWriter(
+            settings.output, run_id, shard,
+            date or dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"), settings.storage_options,
+            model_version=predictor.model_version,
+        )
+        self.labels = predictor.labels
+        if tuple(self.labels) != EMOTION_LABELS:
+            raise LabelMismatchError(f"model {predictor.model_version}",
+                                     f"labels {list(self.labels)} differ from "
+                                     f"{list(EMOTION_LABELS)}")
+        self._states = [_VideoState(v) for v in videos]
+        self._queue: queue.Queue[DecodeMessage] = queue.Queue(
+            maxsize=settings.clip_queue_depth(self.batch_size))
+        self._stop = threading.Event()  # set on exit: the workers stop decoding and putting
+        self._decode_lock = threading.Lock()
+        self._decode_s = 0.0  # summed over the workers, under _decode_lock
+        # the consumer's own (one thread)
+        self._pending: list[ClipDecoded] = []  # clips of the next batch
+        self._decoded = 0  # videos whose last message (decoded or failed) has arrived
+        self._waiting: set[int] = set()  # decoded, waiting for their clips' batch
+        self._finished = 0  # videos recorded
+        self._ran = False
+
+    def run(self) -> ShardResult:
+        """Decode, predict and write the shard; returns its counts (see `process_shard`)."""
+        if self._ran:
+            raise RuntimeError("a ShardRunner runs once")
+        self._ran = True
+        start = time.perf_counter()
+        pool = ThreadPoolExecutor(max_workers=self.settings.decode_threads,
+                                  thread_name_prefix="decode")
+        try:
+            with self.writer:
+                for index in range(len(self._states)):
+                    pool.submit(self._decode_guarded, index)
+                self._consume()
+        finally:
+            self._stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+        self.result.decode_s = self._decode_s
+        self.result.wall_s = time.perf_counter() - start
+        if self.writer.stats is not None:
+            self.result.files = self.writer.stats.as_dict()
+        return self.result
+
+    # --- producer side (decode pool threads) ---------------------------------------------------
+    def _put(self, message: DecodeMessage) -> None:
+        """Queue ``message``, waiting while the queue is full; gives up once the run stops."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(message, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _decode_guarded(self, index: int) -> None:
+        """Pool entry point: the consumer always hears how video ``index`` ended."""
+        try:
+            self._decode(index)
+        except BaseException as exc:  # never leave the consumer waiting for this video
+            self._put(VideoFailed.of(index, "decode", exc))
+
+    def _decode(self, index: int) -> None:
+        """`_decode_clips`, its time (queue waits included) added to the decode time."""
+        t0 = time.perf_counter()
+        try:
+            self._decode_clips(index)
+        finally:
+            with self._decode_lock:
+                self._decode_s += time.perf_counter() - t0
+
+    def _decode_clips(self, index: int) -> None:
+        """Read and decode video ``index``: its clips, then `VideoDecoded` or `VideoFailed`."""
+        if self._stop.is_set():
+            return
+        video = self._states[index].video
+        try:
+            source = _open_video(video, self.settings.storage_options)
+        except Exception as exc:  # storage failure after retries, or the object vanished
+            self._put(VideoFailed.of(index, "read", exc))
+            return
+        reader = ClipReader(
+            source,
+            num_frames=self.predictor.num_frames,
+            img_size=self.predictor.img_size,
+            clip_seconds=self.settings.clip_seconds,
+            stride_seconds=self.settings.stride_seconds,
+            uri=video.uri,
+            threads=0,
+        )
+        try:
+            for clip in reader:
+                if self._stop.is_set():
+                    return
+                self._put(ClipDecoded(index, clip))
+        except VideoError as exc:
+            self._put(VideoFailed(index, "decode", type(exc).__name__, exc.reason))
+            return
+        except Exception as exc:  # an unexpected decoder failure is still one video's
+            self._put(VideoFailed.of(index, "decode", exc))
+            return
+        finally:
+            _close(source)
+        self._put(VideoDecoded(index, reader.info))
+
+    # --- consumer side (the calling thread) ----------------------------------------------------
+    def _consume(self) -> None:
+        """Take messages and run batches until every video is recorded."""
+        total = len(self._states)
+        while self._finished < total:
+            if self._pending and self._decoded == total:
+                self._run_batch()  # every clip has arrived (each video's clips precede its end)
+            else:
+                self._receive(self._queue.get())
+            self._finish_ready()
+
+    def _receive(self, message: DecodeMessage) -> None:
+        """Note one message; a full batch runs at once."""
+        state = self._states[message.index]
+        match message:
+            case ClipDecoded(clip=clip):
+                # keep only the clip's place: its frames go with the batch
+                state.clips.append((clip.index, clip.start_s, clip.end_s))
+                self._pending.append(message)
+                if len(self._pending) >= self.batch_size:
+                    self._run_batch()
+            case VideoDecoded(info=info):
+                state.info = info
+                self._decoded += 1
+                self._waiting.add(message.index)
+            case VideoFailed():
+                state.failure = message
+                self._decoded += 1
+                self._waiting.add(message.index)
+            case _:
+                assert_never(message)
+
+    def _run_batch(self) -> None:
+        """Predict the pending clips in one model call; a failure fails the batch's videos."""
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        t0 = time.perf_counter()
+        try:
+            probs = self.predictor.probabilities(np.stack([m.clip.frames for m in batch]))
+        except Exception as exc:  # e.g. out of memory: the batch's videos fail, the run goes on
+            for m in batch:
+                state = self._states[m.index]
+                state.failure = state.failure or VideoFailed.of(m.index, "infer", exc)
+        else:
+            for m, p in zip(batch, probs, strict=True):
+                self._states[m.index].probs[m.clip.index] = p
+        self.result.infer_s += time.perf_counter() - t0
+
+    def _finish_ready(self) -> None:
+        """Record the decoded videos none of whose clips still waits for a batch."""
+        queued = {m.index for m in self._pending}
+        for index in sorted(self._waiting - queued):  # all clips predicted (or failed)
+            self._waiting.discard(index)
+            self._finish(index)
+
+    def _finish(self, index: int) -> None:
+        """Record video ``index``, free its clips and report it to ``on_video_done``."""
+        state = self._states[index]
+        self._finished += 1
+        ok = self._record(index)
+        state.clips.clear()
+        state.probs.clear()
+        if self.on_video_done is not None:
+            self.on_video_done(state.video, ok)
+
+    def _record(self, index: int) -> bool:
+        """Write video ``index``'s rows: clips and video, or its one error; True when it
+        succeeded."""
+        state = self._states[index]
+        if state.failure is None and (not state.clips or len(state.probs) != len(state.clips)):
+            state.failure = VideoFailed(index, "infer", "InferenceError",
+                                        "no prediction for some clips")
+        if state.failure is not None:
+            self._record_failure(state.video, state.failure)
+            return False
+        self._record_video(state)
+        return True
+
+    def _record_failure(self, video: VideoObject, failure: VideoFailed) -> None:
+        """One ``errors`` row; the message starts with the video's URI."""
+        message = failure.message
+        if not message.startswith(video.uri):
+            message = f"{video.uri}: {message}"
+        self.writer.add_error(
+            video_uri=video.uri, video_etag=video.etag, video_bytes=video.size,
+            stage=failure.stage, error_type=failure.error_type, message=message,
+        )
+        result = self.result
+        result.failed += 1
+        result.failed_by_stage[failure.stage] = result.failed_by_stage.get(failure.stage, 0) + 1
+
+    def _record_video(self, state: _VideoState) -> None:
+        """One ``predictions`` row per clip and the ``videos`` row (the clips' mean)."""
+        video, info = state.video, state.info
+        assert info is not None
+        common = {
+            "video_uri": video.uri,
+            "video_etag": video.etag,
+            "video_bytes": video.size,
+            "video_duration_s": float(info.duration_s),
+        }
+        probs = []
+        for clip_index, start_s, end_s in state.clips:
+            p = state.probs[clip_index]
+            probs.append(p)
+            label, confidence, _ = label_probabilities(p, self.labels)
+            self.writer.add_prediction(
+                **common, clip_index=clip_index, clip_start_s=start_s, clip_end_s=end_s,
+                label=label, confidence=confidence, **prob_columns(p),
+            )
+        mean = np.mean(probs, axis=0)
+        label, confidence, _ = label_probabilities(mean, self.labels)
+        self.writer.add_video(
+            **common, num_clips=len(state.clips), partial=info.partial,
+            partial_reason=info.partial_reason, label=label, confidence=confidence,
+            **prob_columns(mean),
+        )
+        result = self.result
+        result.succeeded += 1
+        result.partial += int(info.partial)
+        result.clips += len(state.clips)
+        result.labels[label] = result.labels.get(label, 0) + 1
 
 
 def process_shard(
@@ -117,194 +422,10 @@ def process_shard(
     Every video of ``videos`` ends as one ``videos`` row (plus its clip rows) or one ``errors``
     row. Raises only when the shard's output cannot be written (after retries).
     """
-    start = time.perf_counter()
-    date = date or dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
-    result = ShardResult(shard=shard, videos=len(videos),
-                         worker=f"{socket.gethostname()}:{os.getpid()}")
-    batch_size = settings.batch_size or predictor.preferred_batch_size
-    clip_queue: queue.Queue[Any] = queue.Queue(maxsize=settings.clip_queue_depth(batch_size))
-    states = [_VideoState(v) for v in videos]
-    stop = threading.Event()
-    decode_time = [0.0]
-    time_lock = threading.Lock()
-
-    def put(item: tuple[str, int, Any]) -> None:
-        while not stop.is_set():
-            try:
-                clip_queue.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def decode_one(index: int) -> None:
-        state = states[index]
-        t0 = time.perf_counter()
-        try:
-            if stop.is_set():
-                return
-            try:
-                source = _open_video(state.video, settings.storage_options)
-            except Exception as exc:  # storage failure after retries, or the object vanished
-                put(("error", index, ("read", *_error_of(exc))))
-                return
-            reader = ClipReader(
-                source,
-                num_frames=predictor.num_frames,
-                img_size=predictor.img_size,
-                clip_seconds=settings.clip_seconds,
-                stride_seconds=settings.stride_seconds,
-                uri=state.video.uri,
-                threads=0,
-            )
-            try:
-                for clip in reader:
-                    if stop.is_set():
-                        return
-                    put(("clip", index, clip))
-            except VideoError as exc:
-                put(("error", index, ("decode", type(exc).__name__, exc.reason)))
-                return
-            except Exception as exc:  # an unexpected decoder failure is still one video's
-                put(("error", index, ("decode", *_error_of(exc))))
-                return
-            finally:
-                close = getattr(source, "close", None)
-                if callable(close):
-                    close()
-            put(("done", index, reader.info))
-        finally:
-            with time_lock:
-                decode_time[0] += time.perf_counter() - t0
-
-    def decode_guarded(index: int) -> None:
-        try:
-            decode_one(index)
-        except BaseException as exc:  # never leave the consumer waiting for this video
-            put(("error", index, ("decode", *_error_of(exc))))
-
-    writer = ShardWriter(
-        settings.output, run_id, shard, date, settings.storage_options,
-        model_version=predictor.model_version,
-    )
-    pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
-    pending: list[tuple[int, Clip]] = []
-    finished = 0
-    labels = predictor.labels
-    if tuple(labels) != EMOTION_LABELS:
-        raise ValueError(f"model labels {labels} differ from {EMOTION_LABELS}")
-
-    def run_batch() -> None:
-        nonlocal pending
-        if not pending:
-            return
-        batch, pending = pending, []
-        t0 = time.perf_counter()
-        try:
-            probs = predictor.probabilities(np.stack([c.frames for _, c in batch]))
-        except Exception as exc:  # e.g. out of memory: the batch's videos fail, the run goes on
-            error = ("infer", *_error_of(exc))
-            for index, _ in batch:
-                states[index].error = states[index].error or error
-        else:
-            for (index, clip), p in zip(batch, probs, strict=True):
-                states[index].probs[clip.index] = p
-        result.infer_s += time.perf_counter() - t0
-
-    def finish(index: int) -> None:
-        nonlocal finished
-        state = states[index]
-        finished += 1
-        ok = _record(writer, state, labels, result)
-        state.clips.clear()
-        state.probs.clear()
-        if on_video_done is not None:
-            on_video_done(state.video, ok)
-
-    try:
-        with writer:
-            for index in range(len(states)):
-                pool.submit(decode_guarded, index)
-            decoded = 0
-            waiting: set[int] = set()  # decoded, waiting for their clips' batch
-            while finished < len(states):
-                if pending and decoded == len(states):
-                    run_batch()  # every clip has arrived (each video's clips precede its end)
-                else:
-                    kind, index, payload = clip_queue.get()
-                    if kind == "clip":
-                        clip = payload
-                        # keep only the clip's place: its frames go with the batch
-                        states[index].clips.append((clip.index, clip.start_s, clip.end_s))
-                        pending.append((index, payload))
-                        if len(pending) >= batch_size:
-                            run_batch()
-                    else:  # "done" with the VideoInfo, or "error" with (stage, type, message)
-                        if kind == "done":
-                            states[index].info = payload
-                        else:
-                            states[index].error = payload
-                        decoded += 1
-                        waiting.add(index)
-                queued = {i for i, _ in pending}
-                for i in sorted(waiting - queued):  # all clips predicted (or failed): record
-                    waiting.discard(i)
-                    finish(i)
-    finally:
-        stop.set()
-        pool.shutdown(wait=True, cancel_futures=True)
-    result.decode_s = decode_time[0]
-    result.wall_s = time.perf_counter() - start
-    if writer.stats is not None:
-        result.files = writer.stats.as_dict()
-    return result
-
-
-def _record(
-    writer: ShardWriter, state: _VideoState, labels: tuple[str, ...], result: ShardResult
-) -> bool:
-    video = state.video
-    info = state.info
-    if state.error is None and (not state.clips or len(state.probs) != len(state.clips)):
-        state.error = ("infer", "InferenceError", "no prediction for some clips")
-    if state.error is not None:
-        stage, error_type, message = state.error
-        if not message.startswith(video.uri):
-            message = f"{video.uri}: {message}"
-        writer.add_error(
-            video_uri=video.uri, video_etag=video.etag, video_bytes=video.size,
-            stage=stage, error_type=error_type, message=message,
-        )
-        result.failed += 1
-        result.failed_by_stage[stage] = result.failed_by_stage.get(stage, 0) + 1
-        return False
-    assert info is not None
-    common = {
-        "video_uri": video.uri,
-        "video_etag": video.etag,
-        "video_bytes": video.size,
-        "video_duration_s": float(info.duration_s),
-    }
-    probs = []
-    for clip_index, start_s, end_s in state.clips:
-        p = state.probs[clip_index]
-        probs.append(p)
-        label, confidence, _ = label_probabilities(p, labels)
-        writer.add_prediction(
-            **common, clip_index=clip_index, clip_start_s=start_s, clip_end_s=end_s,
-            label=label, confidence=confidence, **prob_columns(p),
-        )
-    mean = np.mean(probs, axis=0)
-    label, confidence, _ = label_probabilities(mean, labels)
-    writer.add_video(
-        **common, num_clips=len(state.clips), partial=info.partial,
-        partial_reason=info.partial_reason, label=label, confidence=confidence,
-        **prob_columns(mean),
-    )
-    result.succeeded += 1
-    result.partial += int(info.partial)
-    result.clips += len(state.clips)
-    result.labels[label] = result.labels.get(label, 0) + 1
-    return True
+    return ShardRunner(
+        shard, videos, settings, run_id=run_id, predictor=predictor, date=date,
+        on_video_done=on_video_done,
+    ).run()
 
 
 def merge_results(results: list[ShardResult]) -> dict[str, Any]:
@@ -328,6 +449,26 @@ def merge_results(results: list[ShardResult]) -> dict[str, Any]:
 
 
 # --- Prefect task -----------------------------------------------------------------------------
+class _ShardProgress:
+    """``on_video_done`` of `infer_shard`: a progress event per video, a log line per tenth."""
+
+    def __init__(
+        self, shard: int, total: int, logger: logging.Logger | logging.LoggerAdapter[Any]
+    ) -> None:
+        self.shard = shard
+        self.total = total
+        self.logger = logger
+        self.step = max(1, total // 10)
+        self.done = 0
+
+    def __call__(self, video: VideoObject, ok: bool) -> None:
+        """Count ``video`` done (called from the shard's one consumer thread)."""
+        self.done += 1
+        progress.emit("video", uri=video.uri, ok=ok)
+        if self.done % self.step == 0 or self.done == self.total:
+            self.logger.info("shard %d: %d/%d videos", self.shard, self.done, self.total)
+
+
 @task(
     name="infer-shard",
     task_run_name="infer-shard-{shard.shard}",
@@ -343,19 +484,9 @@ def infer_shard(
     """Run one shard (see ``process_shard``); retried only on transient storage errors."""
     logger = get_run_logger()
     predictor = load_predictor(model_uri, settings.device, settings.storage_options)
-    total = len(shard.videos)
-    done = [0]
-    step = max(1, total // 10)
-
-    def on_video_done(video: VideoObject, ok: bool) -> None:
-        done[0] += 1
-        progress.emit("video", uri=video.uri, ok=ok)
-        if done[0] % step == 0 or done[0] == total:
-            logger.info("shard %d: %d/%d videos", shard.shard, done[0], total)
-
     result = process_shard(
         shard.shard, shard.videos, settings, run_id=run_id, predictor=predictor, date=date,
-        on_video_done=on_video_done,
+        on_video_done=_ShardProgress(shard.shard, len(shard.videos), logger),
     )
     logger.info(
         "shard %d done: %d ok, %d failed, %d clips in %.1fs (%.2f clips/s)",

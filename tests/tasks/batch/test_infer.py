@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from video_fixtures import make_test_pattern
 
+from emotion_model.errors import LabelMismatchError
 from emotion_model.predict import Predictor
 from emotion_model.video import ClipReader
 from emotion_model.video_writer import encode_video
@@ -197,3 +198,111 @@ def test_bad_videos_in_between_do_not_disturb_the_good_ones(
     assert len(read_table(output, "videos")) == len(good)
     leftovers = [p for p in output.rglob("*") if p.is_file() and p.suffix != ".parquet"]
     assert leftovers == []
+
+
+class OutOfMemoryPredictor(Predictor):
+    """The real model, but the model calls numbered in ``fail_calls`` (1-based) raise, as a GPU
+    out of memory would."""
+
+    fail_calls: frozenset[int] = frozenset()
+
+    def probabilities(self, clips: Any) -> np.ndarray:
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls in self.fail_calls:
+            raise MemoryError(f"out of memory on a batch of {len(clips)} clips")
+        return super().probabilities(clips)
+
+
+def test_a_failed_model_call_fails_only_the_videos_with_clips_in_that_batch(
+    video_dir: Path, model_path: Path, predictor: Predictor, tmp_path: Path
+) -> None:
+    output = tmp_path / "out"
+    failing = OutOfMemoryPredictor.from_file(model_path, device="cpu")
+    failing.fail_calls = frozenset({2})
+    # one decode thread: clips arrive in order, so batches of 2 are [a0 a1] [a2 b0] [b1 b2] ...
+    settings = make_settings(video_dir, output, batch_size=2, queue_depth=2, decode_threads=1)
+    names = ["a.mp4", "b.avi", "c.mkv", "d.mp4"]
+    videos = [video_object(video_dir / name) for name in names]
+    done: list[tuple[str, bool]] = []
+
+    result = process_shard(2, videos, settings, run_id=RUN_ID, predictor=failing, date=DATE,
+                           on_video_done=lambda v, ok: done.append((v.uri, ok)))
+
+    assert failing.calls == 6  # 12 clips in batches of 2, the failed call included
+    assert (result.succeeded, result.failed, result.clips) == (2, 2, 6)
+    assert result.failed_by_stage == {"infer": 2}
+    assert sorted(done) == sorted((v.uri, v.uri.endswith(("c.mkv", "d.mp4"))) for v in videos)
+    errors = read_table(output, "errors").sort_values("video_uri")
+    assert list(errors["video_uri"]) == [str(video_dir / "a.mp4"), str(video_dir / "b.avi")]
+    assert set(errors["stage"]) == {"infer"} and set(errors["error_type"]) == {"MemoryError"}
+    for row in errors.itertuples():
+        assert row.message == f"{row.video_uri}: out of memory on a batch of 2 clips"
+    # the failed videos left no clip rows; the others are as if predicted alone
+    predictions = read_table(output, "predictions")
+    assert sorted(set(predictions["video_uri"])) == [str(video_dir / n) for n in names[2:]]
+    for name in names[2:]:
+        rows = predictions[predictions["video_uri"] == str(video_dir / name)]
+        np.testing.assert_allclose(rows.sort_values("clip_index")[PROBS].to_numpy(),
+                                   predict_alone(predictor, video_dir / name), atol=1e-5, rtol=0)
+    assert sorted(read_table(output, "videos")["video_uri"]) == [
+        str(video_dir / n) for n in names[2:]]
+    assert result.files["rows"] == {"predictions": 6, "videos": 2, "errors": 2}
+    assert result.decode_s > 0 and result.infer_s > 0 and result.wall_s >= result.infer_s
+
+
+def test_a_local_file_removed_after_listing_is_one_read_error(
+    video_dir: Path, predictor: Predictor, tmp_path: Path
+) -> None:
+    output = tmp_path / "out"
+    gone = tmp_path / "gone.mp4"
+    gone.write_bytes((video_dir / "a.mp4").read_bytes())
+    videos = [video_object(gone), video_object(video_dir / "b.avi")]
+    gone.unlink()
+    settings = make_settings(video_dir, output)
+
+    result = process_shard(0, videos, settings, run_id=RUN_ID, predictor=predictor, date=DATE)
+
+    assert (result.succeeded, result.failed, result.clips) == (1, 1, CLIPS_PER_VIDEO)
+    assert result.failed_by_stage == {"read": 1}
+    (row,) = read_table(output, "errors").itertuples()
+    assert (row.video_uri, row.stage, row.error_type) == (str(gone), "read", "FileNotFoundError")
+    assert row.message == f"{gone}: no such file (removed after listing?)"  # the URI once
+    assert row.video_etag == videos[0].etag and row.video_bytes == videos[0].size
+    assert list(read_table(output, "videos")["video_uri"]) == [str(video_dir / "b.avi")]
+
+
+@pytest.mark.timeout(60)
+def test_a_failure_while_recording_stops_the_decoders_and_writes_nothing(
+    video_dir: Path, predictor: Predictor, tmp_path: Path
+) -> None:
+    """The consumer raises with decoders blocked on the full queue: they stop, the pool is shut
+    down before process_shard returns, and no Parquet file is written."""
+    output = tmp_path / "out"
+    settings = make_settings(video_dir, output, clip_seconds=0.5, batch_size=2, queue_depth=2,
+                             decode_threads=3)
+    videos = [video_object(video_dir / name) for name, *_ in GOOD] * 2
+    calls: list[str] = []
+
+    def on_video_done(video: VideoObject, ok: bool) -> None:
+        calls.append(video.uri)
+        raise RuntimeError("the progress listener broke")
+
+    with pytest.raises(RuntimeError, match="the progress listener broke"):
+        process_shard(0, videos, settings, run_id=RUN_ID, predictor=predictor, date=DATE,
+                      on_video_done=on_video_done)
+
+    assert len(calls) == 1
+    assert [t.name for t in threading.enumerate() if t.name.startswith("decode")] == []
+    assert not output.exists() or [p for p in output.rglob("*") if p.is_file()] == []
+
+
+def test_a_model_with_other_labels_is_refused_before_any_video_is_read(
+    video_dir: Path, model_path: Path, tmp_path: Path
+) -> None:
+    other = Predictor.from_file(model_path, device="cpu")
+    other.labels = tuple(reversed(other.labels))
+    settings = make_settings(video_dir, tmp_path / "out")
+    with pytest.raises(LabelMismatchError, match=r"^model \w{12}: labels .* differ from"):
+        process_shard(0, [video_object(video_dir / "a.mp4")], settings, run_id=RUN_ID,
+                      predictor=other, date=DATE)
+    assert not (tmp_path / "out").exists()
