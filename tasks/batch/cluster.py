@@ -51,7 +51,7 @@ def local_cluster(*, n_workers: int, torch_threads: int | None = None) -> distri
         "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
         "MALLOC_TRIM_THRESHOLD_": None, "OMP_WAIT_POLICY": "PASSIVE",
     }
-    saved = {k: os.environ.get(k) for k in spawn_env}
+    saved = dict(os.environ)  # the nanny exports more of its own (PYTHONHASHSEED, ...)
     config = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in spawn_env.items()}
     try:
         for key, value in spawn_env.items():
@@ -62,8 +62,11 @@ def local_cluster(*, n_workers: int, torch_threads: int | None = None) -> distri
                 dashboard_address=None,
             )
     finally:
+        for key in set(os.environ) - set(saved):
+            del os.environ[key]
         for key, value in saved.items():
-            _set_env(key, value)
+            if os.environ.get(key) != value:
+                os.environ[key] = value
 
 
 def _set_env(key: str, value: str | None) -> None:

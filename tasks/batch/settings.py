@@ -96,7 +96,8 @@ class BatchSettings(FlowSettings):
     def _stride(cls, value: float | None, info: ValidationInfo) -> float | None:
         # a field validator (not a model one), so the error names 'stride_seconds'
         clip = info.data.get("clip_seconds")
-        if value is not None and clip is not None and value > 10 * clip:
+        # with a relative tolerance: 10 * 0.09 is 0.8999999999999999 in binary floating point
+        if value is not None and clip is not None and value > 10 * clip * (1 + 1e-9):
             raise ValueError(f"must be at most 10 x clip_seconds ({10 * clip:g}), got {value:g}")
         return value
 

@@ -95,6 +95,8 @@ def mask_secrets(options: Any) -> Any:
             else mask_secrets(v)
             for k, v in options.items()
         }
+    if isinstance(options, list | tuple):
+        return [mask_secrets(v) for v in options]
     return options
 
 

@@ -1,0 +1,137 @@
+"""The retrain data step (tasks/training/steps.py): spec, fingerprint, prepare_data in a flow."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect import flow
+
+from tasks.common import progress
+from tasks.errors import NoTrainingDataError
+from tasks.training.clip_cache import ClipSpec, cache_key
+from tasks.training.data import Example
+from tasks.training.settings import RetrainSettings
+from tasks.training.steps import PreparedData, data_fingerprint, prepare_data, spec_of
+
+EXAMPLES = [
+    Example("/d/1001_DFA_ANG_XX.mp4", "e1", 100, "angry", "crema-d:1001", "crema-d"),
+    Example("/d/1002_DFA_HAP_XX.mp4", "e2", 200, "happy", "crema-d:1002", "crema-d"),
+    Example("s3://b/01-01-03-01-01-01-12.mp4", "e3", 300, "happy", "ravdess:12", "ravdess"),
+]
+
+
+# --- spec_of -------------------------------------------------------------------------------------
+def test_spec_of_takes_the_settings_clip_fields() -> None:
+    settings = RetrainSettings(sources=["/d"], registry="/r", num_frames=32, img_size=96,
+                               clip_seconds=2.5, max_clips_per_video=3)
+    assert spec_of(settings) == ClipSpec(num_frames=32, img_size=96, clip_seconds=2.5,
+                                         max_clips=3)
+    assert spec_of(settings).cached_frames == 64
+
+
+def test_spec_of_another_models_frames_and_size() -> None:
+    settings = RetrainSettings(sources=["/d"], registry="/r")
+    assert spec_of(settings, 16, 64) == ClipSpec(16, 64, 4.0, 4)
+    assert spec_of(settings, img_size=160) == ClipSpec(48, 160, 4.0, 4)
+
+
+# --- data_fingerprint ----------------------------------------------------------------------------
+def test_fingerprint_is_sha256_of_the_sorted_uri_etag_label_lines() -> None:
+    lines = "".join(f"{e.uri}|{e.etag}|{e.label}\n" for e in sorted(EXAMPLES, key=lambda e: e.uri))
+    assert data_fingerprint(EXAMPLES) == hashlib.sha256(lines.encode()).hexdigest()[:16]
+    assert data_fingerprint([]) == "e3b0c44298fc1c14"  # sha256 of nothing
+
+
+def test_fingerprint_is_stable_and_ignores_order() -> None:
+    first = data_fingerprint(EXAMPLES)
+    assert data_fingerprint(EXAMPLES) == first
+    assert data_fingerprint(list(reversed(EXAMPLES))) == first
+    assert data_fingerprint([EXAMPLES[1], EXAMPLES[2], EXAMPLES[0]]) == first
+    assert len(first) == 16 and int(first, 16) >= 0
+
+
+@pytest.mark.parametrize("change", [{"etag": "e2-new"}, {"label": "sad"},
+                                    {"uri": "/d/1002_DFA_HAP_XY.mp4"}])
+def test_fingerprint_changes_with_an_etag_a_label_or_a_uri(change: dict[str, Any]) -> None:
+    changed = [EXAMPLES[0], dataclasses.replace(EXAMPLES[1], **change), EXAMPLES[2]]
+    assert data_fingerprint(changed) != data_fingerprint(EXAMPLES)
+
+
+@pytest.mark.parametrize("change", [{"size": 999}, {"actor": "crema-d:9999"},
+                                    {"dataset": "manifest"}])
+def test_fingerprint_ignores_size_actor_and_dataset(change: dict[str, Any]) -> None:
+    changed = [EXAMPLES[0], dataclasses.replace(EXAMPLES[1], **change), EXAMPLES[2]]
+    assert data_fingerprint(changed) == data_fingerprint(EXAMPLES)
+
+
+def test_fingerprint_changes_when_a_video_is_added_or_removed() -> None:
+    assert data_fingerprint(EXAMPLES[:2]) != data_fingerprint(EXAMPLES)
+
+
+# --- prepare_data in a flow ----------------------------------------------------------------------
+@flow(name="prepare-data-test", validate_parameters=False)
+def prepare_in_a_flow(settings: RetrainSettings) -> PreparedData:
+    return prepare_data(settings)
+
+
+@pytest.fixture(scope="module")
+def faces(face_videos: Any) -> Path:
+    """6 actors x 6 emotions x 1 take of 1.5 s, CREMA-D names (36 videos; as test_retrain)."""
+    return face_videos("crema-d", takes=1, seconds=1.5)
+
+
+def settings_for(sources: list[str], registry: Path) -> RetrainSettings:
+    return RetrainSettings(sources=sources, registry=str(registry), preset="small",
+                           num_frames=16, img_size=64, clip_seconds=1.0, max_clips_per_video=1,
+                           val_fraction=0.34, seed=0, device="cpu", decode_threads=2)
+
+
+def test_prepare_data_splits_by_actor_and_fills_the_clip_cache(
+    prefect_server: None, faces: Path, tmp_path: Path
+) -> None:
+    settings = settings_for([str(faces)], tmp_path / "registry")
+    events: list[tuple[str, dict[str, Any]]] = []
+    unsubscribe = progress.subscribe(lambda event, data: events.append((event, data)))
+    try:
+        data = prepare_in_a_flow(settings)
+    finally:
+        unsubscribe()
+
+    split = data.split
+    assert len(split.train) + len(split.val) == 36
+    assert not set(split.train_actors) & set(split.val_actors)
+    assert len(split.val_actors) == 2 and len(split.train_actors) == 4  # round(6 x 0.34)
+    assert all(a.startswith("crema-d:") for a in split.train_actors + split.val_actors)
+    assert {e.actor for e in split.val} == set(split.val_actors)
+    assert (data.report.listed, data.report.used, data.report.corrupt) == (36, 36, 0)
+    assert (data.cache.decoded, data.cache.cached, data.cache.corrupt) == (36, 0, [])
+    assert data.spec == ClipSpec(16, 64, 1.0, 1)
+    assert data.fingerprint == data_fingerprint(split.train)
+    files = sorted(p.name for p in (tmp_path / "registry" / "cache" / "clips").iterdir())
+    assert files == sorted(cache_key(e, data.spec) for e in split.train + split.val)
+
+    assert events[0] == ("stage", {"name": "cache", "total": 36})
+    cache_events = [d for e, d in events if e == "cache"]
+    assert [d["done"] for d in cache_events] == list(range(1, 37))
+    assert all(d["total"] == 36 and d["ok"] is True for d in cache_events)
+
+    again = prepare_in_a_flow(settings)  # the second run reads the cache
+    assert (again.cache.decoded, again.cache.cached) == (0, 36)
+    assert again.split == split and again.fingerprint == data.fingerprint
+
+
+def test_prepare_data_without_labelled_videos_fails(prefect_server: None, tmp_path: Path) -> None:
+    folder = tmp_path / "nothing"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("no videos here")
+    (folder / "holiday.mp4").write_bytes(b"")  # a video by name, but neither dataset's layout
+    settings = settings_for([str(folder)], tmp_path / "registry")
+    with pytest.raises(NoTrainingDataError, match=r"^no labelled videos under \[") as raised:
+        prepare_in_a_flow(settings)
+    assert str(folder) in str(raised.value) and "\n" not in str(raised.value)
+    assert isinstance(raised.value, ValueError)
+    assert not (tmp_path / "registry").exists()  # nothing decoded, no cache written
