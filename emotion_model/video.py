@@ -4,7 +4,8 @@
 
     path | file object
         -> PyAV demux + threaded decode (every frame once, no seeking)
-        -> clip windows: [k * stride, k * stride + clip_seconds), or one window for a short video
+        -> clip windows (_ClipAssembler): [k * stride, k * stride + clip_seconds), opened as
+           time advances (or one window for a short video)
         -> per window, num_frames target times spread uniformly; each takes the frame on screen
            at that time (presentation time, so variable frame rates sample correctly)
         -> swscale resize + RGB conversion of the chosen frames only
@@ -116,6 +117,99 @@ def plan_targets(start: float, length: float, num_frames: int) -> np.ndarray:
     return start + (np.arange(num_frames) + 0.5) * (length / num_frames)
 
 
+class _ClipAssembler:
+    """Turns the frames of one video, in presentation order, into clips.
+
+    Each window ``[start, start + clip_seconds)`` has ``num_frames`` target times; a target
+    takes the frame on screen at that time. The assembler owns the planned window starts,
+    the windows still open (at most ``ceil(clip / stride) + 1``), the frame on screen and its
+    image (resized once, and only when a target or the caller wants it), and the count of
+    clips emitted. With ``open_ended`` (unknown duration) a window opens every
+    ``stride_seconds`` for as long as frames come; the planned starts are then empty.
+    """
+
+    def __init__(
+        self,
+        starts: list[float],
+        *,
+        open_ended: bool,
+        clip_seconds: float,
+        stride_seconds: float,
+        num_frames: int,
+        img_size: int,
+        interpolation: str,
+        max_clips: int | None,
+    ) -> None:
+        self.starts = starts
+        self.open_ended = open_ended
+        self.clip_seconds = clip_seconds
+        self.stride_seconds = stride_seconds
+        self.num_frames = num_frames
+        self.img_size = img_size
+        self.interpolation = interpolation
+        self.max_clips = max_clips
+        self.windows: list[_Window] = []  # open, by index
+        self.next_window = 0  # index of the next window to open
+        self.emitted = 0
+        self._frame: av.VideoFrame | None = None
+        self._image: np.ndarray | None = None
+
+    @property
+    def done(self) -> bool:
+        """Whether ``max_clips`` clips have been emitted."""
+        return self.max_clips is not None and self.emitted >= self.max_clips
+
+    def show(self, frame: av.VideoFrame) -> None:
+        """Put ``frame`` on screen: targets from now on take it (resized when first taken)."""
+        self._frame, self._image = frame, None
+
+    def image(self) -> np.ndarray:
+        """The frame on screen as uint8 RGB ``[size, size, 3]``, converted on first use."""
+        if self._image is None:
+            assert self._frame is not None, "no frame on screen yet"
+            self._image = _to_rgb(self._frame, self.img_size, self.interpolation)
+        return self._image
+
+    def advance(self, until: float) -> Iterator[Clip]:
+        """The frame on screen stays there until ``until``: open the windows that start
+        before it, give the frame to their targets before it, and yield the windows filled."""
+        while self.next_window < len(self.starts) or self.open_ended:
+            k = self.next_window
+            start = self.starts[k] if k < len(self.starts) else k * self.stride_seconds
+            if start >= until:
+                break
+            targets = plan_targets(start, self.clip_seconds, self.num_frames)
+            self.windows.append(
+                _Window(k, start, start + self.clip_seconds, targets, [None] * self.num_frames)
+            )
+            self.next_window += 1
+        yield from self._fill(list(self.windows), until)
+
+    def finish(self, end: float, frame_dt: float, *, cut: bool) -> Iterator[Clip]:
+        """The video ends at ``end`` (the last frame stays on screen for ``frame_dt``).
+
+        Fills the targets before ``end``; then a window that ends within half a frame of
+        ``end`` is complete, its last targets taking the last frame, unless the data was
+        ``cut`` by an error. Other windows stay open, unfilled.
+        """
+        yield from self.advance(end)
+        if not cut:
+            last = [w for w in self.windows if w.end <= end + frame_dt / 2 + 1e-6]
+            yield from self._fill(last, math.inf)
+
+    def _fill(self, windows: list[_Window], until: float) -> Iterator[Clip]:
+        """Give the frame on screen to each window's targets before ``until``; a window
+        whose targets are all filled is closed and yielded as a Clip."""
+        for win in windows:
+            while win.filled < self.num_frames and win.targets[win.filled] < until:
+                win.frames[win.filled] = self.image()
+                win.filled += 1
+            if win.filled == self.num_frames:
+                self.windows.remove(win)
+                self.emitted += 1
+                yield Clip(win.index, win.start, win.end, np.stack(win.frames))  # type: ignore[arg-type]
+
+
 class ClipReader:
     """Iterate the clips of one video, decoding it once; ``info`` is filled as it goes.
 
@@ -212,7 +306,8 @@ class ClipReader:
         finally:
             container.close()
 
-    def _decode(self, container: av.container.InputContainer) -> Iterator[Clip]:
+    def _video_stream(self, container: av.container.InputContainer) -> av.VideoStream:
+        """The first video stream, set up for decoding; refuses text, stills and no video."""
         info = self.info
         info.container = container.format.name
         fmt_names = set(container.format.name.split(","))
@@ -233,6 +328,13 @@ class ClipReader:
             stream.thread_count = self.threads
         ctx = stream.codec_context
         info.codec, info.width, info.height = ctx.name, ctx.width, ctx.height
+        return stream
+
+    def _decode(self, container: av.container.InputContainer) -> Iterator[Clip]:
+        """Decode front to back, timing each frame from the first; yield each clip once its
+        window is full, then, at the end, the windows the last frame completes."""
+        info = self.info
+        stream = self._video_stream(container)
         meta_duration = _metadata_duration(container, stream)
         rate = stream.average_rate or stream.guessed_rate
         nominal_dt = 1.0 / float(rate) if rate else None
@@ -240,129 +342,83 @@ class ClipReader:
         # so a video shorter than one clip is sampled over its real length.
         keep_all = meta_duration is None or meta_duration < self.clip_seconds + 1e-3
         kept: list[tuple[float, np.ndarray]] = []
-
         starts = plan_window_starts(meta_duration, self.clip_seconds, self.stride_seconds)
-        windows: list[_Window] = []
-        next_window = 0
-        emitted = 0
+        assembler = _ClipAssembler(
+            starts,
+            open_ended=meta_duration is None,
+            clip_seconds=self.clip_seconds,
+            stride_seconds=self.stride_seconds,
+            num_frames=self.num_frames,
+            img_size=self.img_size,
+            interpolation=self.interpolation,
+            max_clips=self.max_clips,
+        )
+        bad = _BadData()
         t0: float | None = None
-        prev_t: float | None = None
-        prev_frame: av.VideoFrame | None = None
-        prev_image: np.ndarray | None = None
+        prev_t: float | None = None  # time of the frame on screen, from the first frame
         diffs: list[float] = []
         error: str | None = None
-
-        def image_of(frame: av.VideoFrame) -> np.ndarray:
-            return _to_rgb(frame, self.img_size, self.interpolation)
-
-        def assign(until: float) -> Iterator[Clip]:
-            """Give the previous frame to every target time before ``until``."""
-            nonlocal next_window, emitted, prev_image
-            while next_window < len(starts) or meta_duration is None:
-                if next_window < len(starts):
-                    start = starts[next_window]
-                else:
-                    start = next_window * self.stride_seconds
-                if start >= until:
-                    break
-                windows.append(
-                    _Window(
-                        next_window, start, start + self.clip_seconds,
-                        plan_targets(start, self.clip_seconds, self.num_frames),
-                        [None] * self.num_frames,
-                    )
-                )
-                next_window += 1
-            for win in list(windows):
-                while win.filled < self.num_frames and win.targets[win.filled] < until:
-                    if prev_image is None:
-                        prev_image = image_of(prev_frame)  # type: ignore[arg-type]
-                    win.frames[win.filled] = prev_image
-                    win.filled += 1
-                if win.filled == self.num_frames:
-                    windows.remove(win)
-                    emitted += 1
-                    yield Clip(win.index, win.start, win.end, np.stack(win.frames))  # type: ignore[arg-type]
-
-        bad = _BadData()
-
-        def decoded_frames() -> Iterator[av.VideoFrame]:
-            """Every good frame; a packet the decoder refuses is skipped, not the end."""
-            for packet in container.demux(stream):  # ends with an empty packet: the flush
-                try:
-                    frames = packet.decode()
-                except (av.error.EOFError, av.error.ExitError):
-                    raise
-                except av.error.FFmpegError as exc:
-                    bad.packet(packet, exc)
-                    if bad.packets > _MAX_BAD_PACKETS:
-                        raise
-                    continue
-                for frame in frames:
-                    if frame.is_corrupt:  # concealed damage: keep the previous frame instead
-                        bad.frame(frame)
-                        continue
-                    yield frame
-
-        frame_index = 0
         try:
-            for frame in decoded_frames():
+            for frame_index, frame in enumerate(_good_frames(container, stream, bad)):
                 t = frame.time
                 if t is None:
                     t = frame_index * (nominal_dt or 1 / 30)
-                frame_index += 1
                 if t0 is None:
                     t0 = t
                 rel = t - t0
-                if prev_t is not None and rel <= prev_t:
-                    continue  # a duplicate or out-of-order timestamp: keep the first frame
-                if prev_frame is not None:
-                    diffs.append(rel - prev_t)  # type: ignore[operator]
-                    yield from assign(rel)
-                    if self.max_clips is not None and emitted >= self.max_clips:
+                if prev_t is not None:
+                    if rel <= prev_t:
+                        continue  # a duplicate or out-of-order timestamp: keep the first frame
+                    diffs.append(rel - prev_t)
+                    yield from assembler.advance(rel)
+                    if assembler.done:
                         break
-                prev_t, prev_frame, prev_image = rel, frame, None
+                prev_t = rel
+                assembler.show(frame)
                 info.frames_decoded += 1
                 if keep_all and rel < self.clip_seconds:
-                    prev_image = image_of(frame)
-                    kept.append((rel, prev_image))
+                    kept.append((rel, assembler.image()))
         except av.error.FFmpegError as exc:
             error = one_line(exc, 300)
         except (MemoryError, OSError) as exc:
             error = one_line(exc, 300)
 
-        if prev_frame is None:
+        if prev_t is None:
             if error is not None:
                 raise CorruptVideoError(info.uri, f"no frame could be decoded ({error})")
             raise NoDecodableFramesError(info.uri, "the video stream holds no decodable frame")
 
         frame_dt = float(np.median(diffs)) if diffs else (nominal_dt or 0.0)
-        end = prev_t + frame_dt  # type: ignore[operator]
+        end = prev_t + frame_dt
         info.duration_s = float(end)
-        if self.max_clips is None or emitted < self.max_clips:
-            # The last frame stays on screen for one frame duration; windows that end within
-            # half a frame of the video's end are complete.
-            yield from assign(end)
-            for win in list(windows):
-                if win.end <= end + frame_dt / 2 + 1e-6 and error is None:
-                    while win.filled < self.num_frames:
-                        if prev_image is None:
-                            prev_image = image_of(prev_frame)
-                        win.frames[win.filled] = prev_image
-                        win.filled += 1
-                    emitted += 1
-                    yield Clip(win.index, win.start, win.end, np.stack(win.frames))  # type: ignore[arg-type]
+        emitted = assembler.emitted
+        if not assembler.done:
+            yield from assembler.finish(end, frame_dt, cut=error is not None)
+            emitted = assembler.emitted
             if emitted == 0:
-                yield self._whole_video_clip(kept, windows, end, prev_frame, prev_image)
+                yield self._whole_video_clip(kept, end, assembler)
                 emitted = 1
         info.clips = emitted
+        self._note_partial(end, meta_duration, len(starts), error, bad)
+
+    def _note_partial(
+        self,
+        end: float,
+        meta_duration: float | None,
+        planned: int,
+        error: str | None,
+        bad: _BadData,
+    ) -> None:
+        """Mark ``info`` partial, saying why, when decoding stopped on an error, the data
+        ended well before the length the header gives, or bad data was skipped."""
+        info = self.info
         reasons = []
         if error is not None:
             reasons.append(f"decoding stopped at {end:.2f}s: {error}")
         elif meta_duration and (
             end < 0.9 * meta_duration - 0.5
             # a planned window lost: the data ends well before the length the header gives
-            or (end < meta_duration - 0.5 and self.max_clips is None and emitted < len(starts))
+            or (end < meta_duration - 0.5 and self.max_clips is None and info.clips < planned)
         ):
             reasons.append(f"stream ends at {end:.2f}s of {meta_duration:.2f}s")
         if bad.packets or bad.frames:
@@ -373,24 +429,19 @@ class ClipReader:
             log.info("%s: partly decoded: %s", info.uri, info.partial_reason)
 
     def _whole_video_clip(
-        self,
-        kept: list[tuple[float, np.ndarray]],
-        windows: list[_Window],
-        end: float,
-        last_frame: av.VideoFrame,
-        last_image: np.ndarray | None,
+        self, kept: list[tuple[float, np.ndarray]], end: float, assembler: _ClipAssembler
     ) -> Clip:
-        """One clip spread over the whole (short) video."""
+        """One clip spread over the whole (short) video, when no window was emitted."""
         if kept:
             times = np.array([t for t, _ in kept])
             targets = plan_targets(0.0, end, self.num_frames)
             idx = np.clip(np.searchsorted(times, targets, side="right") - 1, 0, len(kept) - 1)
             return Clip(0, 0.0, end, np.stack([kept[i][1] for i in idx]))
         # Metadata promised a longer video than the data holds: resample what window 0 got.
+        windows = assembler.windows
         got = [f for f in (windows[0].frames if windows else []) if f is not None]
         if not got:
-            got = [last_image if last_image is not None else _to_rgb(
-                last_frame, self.img_size, self.interpolation)]
+            got = [assembler.image()]
         idx = np.round(np.linspace(0, len(got) - 1, self.num_frames)).astype(int)
         return Clip(0, 0.0, end, np.stack([got[i] for i in idx]))
 
@@ -428,6 +479,29 @@ class _BadData:
                  if self.first_s is not None else "")
         why = f" ({self.error})" if self.error else ""
         return f"{' and '.join(parts)} skipped{where}{why}"
+
+
+def _good_frames(
+    container: av.container.InputContainer, stream: av.VideoStream, bad: _BadData
+) -> Iterator[av.VideoFrame]:
+    """Every good frame of ``stream``; a packet the decoder refuses, or a frame it flags
+    corrupt, is counted in ``bad`` and skipped, not the end (so the frame before stays on
+    screen). More than ``_MAX_BAD_PACKETS`` refused packets re-raise the decoder's error."""
+    for packet in container.demux(stream):  # ends with an empty packet: the flush
+        try:
+            frames = packet.decode()
+        except (av.error.EOFError, av.error.ExitError):
+            raise
+        except av.error.FFmpegError as exc:
+            bad.packet(packet, exc)
+            if bad.packets > _MAX_BAD_PACKETS:
+                raise
+            continue
+        for frame in frames:
+            if frame.is_corrupt:  # concealed damage: keep the previous frame instead
+                bad.frame(frame)
+                continue
+            yield frame
 
 
 def _to_rgb(frame: av.VideoFrame, size: int, interpolation: str) -> np.ndarray:

@@ -18,7 +18,13 @@ from emotion_model.errors import (
     NoVideoStreamError,
     VideoError,
 )
-from emotion_model.video import ClipReader, plan_targets, plan_window_starts, read_clips
+from emotion_model.video import (
+    _MAX_BAD_PACKETS,
+    ClipReader,
+    plan_targets,
+    plan_window_starts,
+    read_clips,
+)
 from emotion_model.video_writer import encode_video
 
 
@@ -146,6 +152,37 @@ def test_max_clips(long_video: Path) -> None:
     clips, info = read_clips(long_video, num_frames=16, max_clips=2)
     assert [c.index for c in clips] == [0, 1]
     assert info.clips == 2
+
+
+def test_max_clips_stops_decoding_once_the_last_clip_is_full(long_video: Path) -> None:
+    """Window [4, 8)'s last target (7.875 s) takes frame 78; the frame at 7.9 s shows it full,
+    and decoding stops there: 79 frames decoded of 200, the two clips as in a full decode."""
+    every, _ = read_clips(long_video, num_frames=16)
+    clips, info = read_clips(long_video, num_frames=16, max_clips=2)
+    assert info.frames_decoded == 79
+    assert [(c.index, c.start_s, c.end_s) for c in clips] == [(0, 0.0, 4.0), (1, 4.0, 8.0)]
+    for got, want in zip(clips, every[:2], strict=True):
+        np.testing.assert_array_equal(got.frames, want.frames)
+
+
+def test_unknown_duration_opens_windows_as_frames_come(videos: Path) -> None:
+    """A raw H.264 stream has no duration (nor timestamps: 25 fps is assumed). Windows open
+    every stride as the frames arrive; the last, [2.0, 2.5), ends half a frame after the
+    video (62 frames: 2.48 s), so it is emitted, its last target taking the last frame."""
+    path = encode_video(videos / "raw.h264", make_test_pattern(62, 64, 64, seed=7), fps=25,
+                        container_format="h264")
+    clips, info = read_clips(path, clip_seconds=0.5, num_frames=16, img_size=64)
+    assert (info.container, info.frames_decoded) == ("h264", 62)
+    assert info.duration_s == pytest.approx(2.48)
+    assert not info.partial and info.clips == 5
+    assert [(c.index, c.start_s, c.end_s) for c in clips] == [
+        (i, 0.5 * i, 0.5 * i + 0.5) for i in range(5)
+    ]
+    for clip in clips:
+        targets = plan_targets(clip.start_s, 0.5, 16)
+        expected = np.minimum(np.floor(targets * 25).astype(int), 61).tolist()
+        assert [pattern_frame_index(f) for f in clip.frames] == expected
+    assert pattern_frame_index(clips[-1].frames[-1]) == 61  # target 2.484 s > 2.48 s
 
 
 def test_clip_reader_is_lazy(long_video: Path) -> None:
@@ -341,6 +378,44 @@ def test_cut_in_the_middle_keeps_earlier_clips(
     assert info.partial_reason and "10.00s" in info.partial_reason
     assert 4.0 < info.duration_s < 8.0
     assert info.clips == 1
+
+
+def _garble_packets(src: Path, dst: Path, first_bad: int) -> Path:
+    """`src` remuxed with every packet from `first_bad` on replaced by random bytes."""
+    rng = np.random.default_rng(0)
+    with av.open(str(src)) as source, av.open(str(dst), "w") as out:
+        stream = source.streams.video[0]
+        out_stream = out.add_stream_from_template(stream)
+        packets = (p for p in source.demux(stream) if p.dts is not None)
+        for i, packet in enumerate(packets):
+            if i >= first_bad:
+                junk = av.Packet(rng.bytes(max(packet.size, 64)))
+                junk.pts, junk.dts, junk.time_base = packet.pts, packet.dts, packet.time_base
+                packet = junk
+            packet.stream = out_stream
+            out.mux(packet)
+    return dst
+
+
+def test_too_many_corrupt_packets_stop_decoding(videos: Path, tmp_path: Path) -> None:
+    """VP8 whose packets after the first second are garbage: past _MAX_BAD_PACKETS refused
+    packets decoding stops; the clips before the damage are kept, and the reason says so."""
+    full = encode_video(videos / "garbage_after_1s.webm",
+                        make_test_pattern(_MAX_BAD_PACKETS + 100, 16, 16, seed=8), fps=30,
+                        codec="libvpx")
+    whole, _ = read_clips(full, clip_seconds=0.5, num_frames=8, img_size=16)
+    path = _garble_packets(full, tmp_path / "bad.webm", first_bad=30)
+    clips, info = read_clips(path, clip_seconds=0.5, num_frames=8, img_size=16)
+    assert [(c.start_s, c.end_s) for c in clips] == [(0.0, 0.5), (0.5, 1.0)]
+    for got, want in zip(clips, whole, strict=False):
+        np.testing.assert_array_equal(got.frames, want.frames)
+    assert (info.frames_decoded, info.clips, info.duration_s) == (30, 2, pytest.approx(1.0))
+    assert info.partial and info.partial_reason
+    assert info.partial_reason.startswith("decoding stopped at 1.00s: ")
+    assert f"{_MAX_BAD_PACKETS + 1} corrupt packets skipped" in info.partial_reason
+
+    all_bad = _garble_packets(full, tmp_path / "all_bad.webm", first_bad=0)
+    _expect(CorruptVideoError, all_bad, str(all_bad), "no frame could be decoded")
 
 
 @pytest.mark.parametrize(
