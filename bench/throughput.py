@@ -1,8 +1,9 @@
 """Throughput of the batch pipeline against model-only compute and decode-only, same clips.
 
 Prepares its own inputs (1280x720 30 fps H.264 clips like RAVDESS, 480x360 like CREMA-D, and the
-real clips in ../shared/data when present), then for the small model and for R50 measures, in
-one run, on the same files:
+real clips: the repository's four CREMA-D clips in tests/data/crema_d, or the .mp4/.flv files
+below ``--clips DIR``), then for the small model and for R50 measures, in one run, on the same
+files:
 
 1. pipeline:  the ``batch-inference`` flow, local folder -> Parquet (warm Prefect server)
 2. compute:   model-only forward on pre-decoded uint8 clips, same batch size
@@ -35,14 +36,13 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = next(
-    (p for p in (ROOT.parent / "shared" / "data", Path("/work/shared/data")) if p.is_dir()),
-    ROOT.parent / "shared" / "data",
-)
+REAL_CLIPS = ROOT / "tests" / "data" / "crema_d"  # in the repository (ODbL, tests/data/README.md)
 
 
-def make_inputs(folder: Path, *, n720: int, n360: int, seconds: float) -> list[Path]:
-    """Encode the benchmark's videos (drawn faces, H.264) and copy in the real clips."""
+def make_inputs(folder: Path, *, n720: int, n360: int, seconds: float,
+                clips: Path | None = REAL_CLIPS) -> list[Path]:
+    """Encode the benchmark's videos (drawn faces, H.264) and copy in the real clips below
+    `clips` (every .mp4 / .flv; none when `clips` is None)."""
     from emotion_model.labels import EMOTION_LABELS
     from emotion_model.sample_data import render_face_clip
     from emotion_model.video_writer import encode_video
@@ -60,13 +60,18 @@ def make_inputs(folder: Path, *, n720: int, n360: int, seconds: float) -> list[P
             )
             encode_video(path, frames, fps=30, codec="libx264")
         paths.append(path)
-    if SHARED_DATA.is_dir():
-        for src in sorted(SHARED_DATA.rglob("*")):
+    if clips is not None:
+        if not clips.is_dir():
+            raise FileNotFoundError(f"--clips {clips}: not a folder")
+        for src in sorted(clips.rglob("*")):
             if src.suffix.lower() in (".mp4", ".flv"):
                 dst = folder / f"real_{src.name}"
                 if not dst.exists():
                     shutil.copyfile(src, dst)  # a private copy: the flow lists one folder
                 paths.append(dst)
+    for stale in folder.glob("real_*"):  # real clips an earlier run (other --clips) copied in
+        if stale not in paths:
+            stale.unlink()
     return paths
 
 
@@ -230,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--videos-720p", type=int, default=None)
     parser.add_argument("--videos-360p", type=int, default=None)
     parser.add_argument("--inputs", default=None, help="folder for the generated inputs")
+    parser.add_argument("--clips", default=str(REAL_CLIPS),
+                        help="folder of real clips to add (.mp4/.flv below it); default "
+                             "tests/data/crema_d; 'none' for none")
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -246,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(measure(args.worker, inputs, args)))
         return 0
 
-    make_inputs(inputs, n720=n720, n360=n360, seconds=3.5)
+    clips = None if args.clips.lower() == "none" else Path(args.clips)
+    make_inputs(inputs, n720=n720, n360=n360, seconds=3.5, clips=clips)
     results: dict[str, Any] = {}
     for name in args.models.split(","):
         cmd = [sys.executable, __file__, "--worker", name, "--inputs", str(inputs)]

@@ -441,31 +441,39 @@ def fault_proxy(s3_server: Any) -> Iterator[FaultProxy]:
         proxy.close()
 
 
-# --- the workplace's real clips (RAVDESS / CREMA-D), when present --------------------------------
+# --- real clips: the repository's CREMA-D clips, a generated RAVDESS-shaped one, optional extras --
 from pathlib import Path as _Path
-
-_SHARED_CANDIDATES = [
-    _Path(p) for p in (
-        os.environ.get("EMOTION_PIPELINE_SHARED_DATA", ""),
-        str(_Path(__file__).resolve().parents[2] / "shared" / "data"),  # ../shared/data
-        "/work/shared/data",
-    ) if p
-]
-_SHARED_DATA = next(
-    (p for p in _SHARED_CANDIDATES if (p / "crema_d").is_dir() and (p / "ravdess").is_dir()),
-    _SHARED_CANDIDATES[0],
-)
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> _Path:
-    """The real RAVDESS / CREMA-D clips (read only). They are not in the repository (their
-    README forbids copying them in); a checkout that cannot see them fails these tests, saying
-    where it looked and how to point at them, rather than skipping them."""
-    if not (_SHARED_DATA / "crema_d").is_dir() or not (_SHARED_DATA / "ravdess").is_dir():
-        pytest.fail(f"no real clips in {', '.join(map(str, _SHARED_CANDIDATES))}: set "
-                    "EMOTION_PIPELINE_SHARED_DATA to the folder holding crema_d/ and ravdess/")
-    return _SHARED_DATA
+def crema_d_dir() -> _Path:
+    """``tests/data/crema_d``: the four real CREMA-D clips kept in the repository (read only;
+    ODbL, see ``tests/data/README.md``). Fails, naming the folder, if a clip is missing."""
+    from video_fixtures import CREMA_D_CLIPS, CREMA_D_DIR
+
+    missing = [name for name in CREMA_D_CLIPS if not (CREMA_D_DIR / name).is_file()]
+    if missing:
+        pytest.fail(f"{CREMA_D_DIR}: missing {', '.join(missing)} (they are in the repository)")
+    return CREMA_D_DIR
+
+
+@pytest.fixture(scope="session")
+def ravdess_like_clip(tmp_path_factory: pytest.TempPathFactory) -> _Path:
+    """A generated stand-in for the RAVDESS derivative (which may not be in the repository):
+    ``<tmp>/ravdess/01-01-08-02-01-01-19.mp4``, MPEG-4 Part 2, 720x720, 29.97 fps, 122 frames,
+    no audio, a drawn face. Encoded once per session; its folder holds nothing else."""
+    from video_fixtures import write_ravdess_like_clip
+
+    return write_ravdess_like_clip(tmp_path_factory.mktemp("real-shaped") / "ravdess")
+
+
+@pytest.fixture(scope="session")
+def extra_clips() -> list[_Path]:
+    """Real clips beyond the repository's, from ``$EMOTION_PIPELINE_SHARED_DATA`` (every .mp4
+    and .flv below it); ``[]`` when unset. Never required."""
+    from video_fixtures import extra_clip_paths
+
+    return extra_clip_paths()
 
 
 # --- drawn-face sample data (synthetic, RAVDESS or CREMA-D names), rendered once per session -----

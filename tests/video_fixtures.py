@@ -1,25 +1,87 @@
 """Test videos: a moving pattern whose frames spell their own index (so a decoder's frame order
-and timing can be checked), and an audio-only file. Importable from every test module
-(``tests/`` is on ``sys.path`` through its conftest) and nothing in the package uses them."""
+and timing can be checked), an audio-only file, a video shaped like the RAVDESS derivative the
+workplace has (which may not be copied into the repository), and where the repository's real
+CREMA-D clips are. Importable from every test module (``tests/`` is on ``sys.path`` through its
+conftest) and nothing in the package uses them."""
 
 from __future__ import annotations
 
+import os
+from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 
+from emotion_model.sample_data import render_face_clip
 from emotion_model.video_writer import available_encoders, encode_video
 
 __all__ = [
+    "CREMA_D_CLIPS",
+    "CREMA_D_DIR",
+    "EXTRA_CLIPS_ENV",
+    "RAVDESS_LIKE_NAME",
     "decode_frames",
     "encode_audio_only",
     "encode_video",
+    "extra_clip_paths",
     "make_test_pattern",
     "needs_encoder",
     "pattern_frame_index",
+    "write_ravdess_like_clip",
 ]
 
+CREMA_D_DIR = Path(__file__).resolve().parent / "data" / "crema_d"
+"""The four real CREMA-D clips kept in the repository (ODbL; see ``tests/data/README.md``)."""
+
+CREMA_D_CLIPS: dict[str, int] = {
+    "1001_DFA_ANG_XX.flv": 67,
+    "1001_DFA_HAP_XX.flv": 56,
+    "1001_DFA_NEU_XX.flv": 61,
+    "1001_DFA_SAD_XX.flv": 60,
+}
+"""File name in `CREMA_D_DIR` -> its number of video frames (FLV, VP6, 480x360, 29.97 fps)."""
+
+RAVDESS_LIKE_NAME = "01-01-08-02-01-01-19.mp4"
+"""RAVDESS's naming: audio-video, speech, emotion 08 (surprised), strong, statement 1, take 1,
+actor 19. Surprised is outside the six classes the model uses."""
+
+RAVDESS_LIKE_FPS = Fraction(30000, 1001)  # 29.97
+RAVDESS_LIKE_FRAMES = 122
+RAVDESS_LIKE_SIZE = 720
+
+EXTRA_CLIPS_ENV = "EMOTION_PIPELINE_SHARED_DATA"
+"""Names a folder of more real clips for the tests to decode as well; optional."""
+
+
+def write_ravdess_like_clip(folder: str | Path, name: str = RAVDESS_LIKE_NAME) -> Path:
+    """Encode a stand-in for the workplace's RAVDESS derivative into ``folder / name``.
+
+    Same shape as that file (MPEG-4 Part 2 in .mp4, 720x720, 29.97 fps, 122 frames, no
+    audio), with a drawn face (actor 19, a wide-eyed "fearful" face: the drawn faces have no
+    "surprised") rather than a real one: RAVDESS is non-commercial share-alike, so it is not
+    in the repository. Deterministic; about 4 s of CPU.
+    """
+    path = Path(folder) / name
+    frames = render_face_clip("fearful", actor_seed=19, num_frames=RAVDESS_LIKE_FRAMES,
+                              height=RAVDESS_LIKE_SIZE, width=RAVDESS_LIKE_SIZE,
+                              fps=float(RAVDESS_LIKE_FPS))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return encode_video(path, frames, fps=float(RAVDESS_LIKE_FPS), codec="mpeg4")
+
+
+def extra_clip_paths() -> list[Path]:
+    """Every ``.mp4`` / ``.flv`` below the folder `EXTRA_CLIPS_ENV` names, sorted; ``[]`` when
+    the variable is unset or empty. A set variable naming no folder is an error (a typo should
+    not pass as "no extra clips")."""
+    folder = os.environ.get(EXTRA_CLIPS_ENV, "")
+    if not folder:
+        return []
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{EXTRA_CLIPS_ENV}={folder}: not a folder")
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in
+                  {".mp4", ".flv"})
 
 
 

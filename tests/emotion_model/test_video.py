@@ -1,5 +1,7 @@
 """video.py on videos encoded here with PyAV (several codecs, sizes, a variable frame rate,
-short and long ones), on the real clips in ../shared/data, and on every kind of bad input."""
+short and long ones), on the repository's real CREMA-D clips (tests/data/crema_d), a generated
+RAVDESS-shaped clip and any extra clips $EMOTION_PIPELINE_SHARED_DATA names, and on every kind of
+bad input."""
 
 from __future__ import annotations
 
@@ -10,7 +12,12 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from video_fixtures import make_test_pattern, pattern_frame_index
+from video_fixtures import (
+    CREMA_D_CLIPS,
+    RAVDESS_LIKE_FRAMES,
+    make_test_pattern,
+    pattern_frame_index,
+)
 
 from emotion_model.errors import (
     CorruptVideoError,
@@ -218,13 +225,9 @@ def test_bad_arguments(long_video: Path, kwargs: dict, match: str) -> None:
 
 
 # --- real clips ------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("name", "frames"),
-    [("1001_DFA_ANG_XX.flv", 67), ("1001_DFA_HAP_XX.flv", 56), ("1001_DFA_NEU_XX.flv", 61),
-     ("1001_DFA_SAD_XX.flv", 60)],
-)
-def test_real_crema_d_flv_vp6(shared_data: Path, name: str, frames: int) -> None:
-    clips, info = read_clips(shared_data / "crema_d" / name)
+@pytest.mark.parametrize(("name", "frames"), sorted(CREMA_D_CLIPS.items()))
+def test_real_crema_d_flv_vp6(crema_d_dir: Path, name: str, frames: int) -> None:
+    clips, info = read_clips(crema_d_dir / name)
     assert (info.codec, info.container) == ("vp6f", "flv")
     assert (info.width, info.height) == (480, 360)
     assert info.frames_decoded == frames
@@ -234,14 +237,36 @@ def test_real_crema_d_flv_vp6(shared_data: Path, name: str, frames: int) -> None
     _check_frames(clips[0].frames)
 
 
-def test_real_ravdess_mpeg4(shared_data: Path) -> None:
-    clips, info = read_clips(shared_data / "ravdess" / "01-01-08-02-01-01-19.mp4")
+def test_crema_d_frame_counts_are_the_documented_ones() -> None:
+    assert CREMA_D_CLIPS == {"1001_DFA_ANG_XX.flv": 67, "1001_DFA_HAP_XX.flv": 56,
+                             "1001_DFA_NEU_XX.flv": 61, "1001_DFA_SAD_XX.flv": 60}
+
+
+def test_ravdess_shaped_mpeg4(ravdess_like_clip: Path) -> None:
+    assert ravdess_like_clip.name == "01-01-08-02-01-01-19.mp4"
+    with av.open(str(ravdess_like_clip)) as container:
+        assert [s.type for s in container.streams] == ["video"]  # no audio, like the derivative
+        assert container.streams.video[0].average_rate == Fraction(30000, 1001)
+    clips, info = read_clips(ravdess_like_clip)
     assert (info.codec, info.width, info.height) == ("mpeg4", 720, 720)
-    assert info.frames_decoded == 122
+    assert info.frames_decoded == RAVDESS_LIKE_FRAMES == 122
     assert info.duration_s == pytest.approx(122 / 29.97, abs=0.01)
     assert len(clips) == 1 and not info.partial
     assert (clips[0].start_s, clips[0].end_s) == (0.0, 4.0)
     _check_frames(clips[0].frames)
+    assert clips[0].frames.std() > 5  # a drawn face, not a flat picture
+
+
+def test_real_and_extra_clips_decode(crema_d_dir: Path, ravdess_like_clip: Path,
+                                     extra_clips: list[Path]) -> None:
+    """Every clip decodes to at least one full clip: the repository's, the generated one, and
+    the extra ones when $EMOTION_PIPELINE_SHARED_DATA names a folder of them."""
+    videos = [crema_d_dir / name for name in CREMA_D_CLIPS] + [ravdess_like_clip, *extra_clips]
+    for path in videos:
+        clips, info = read_clips(path)
+        assert clips and info.frames_decoded > 0, path
+        _check_frames(clips[0].frames)
+    assert len(videos) == 5 + len(extra_clips)
 
 
 # --- bad inputs ------------------------------------------------------------------------------

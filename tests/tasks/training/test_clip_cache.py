@@ -59,14 +59,13 @@ def test_cache_on_s3(two_layouts: Path, s3_server, s3_bucket: str, tmp_path: Pat
     np.testing.assert_array_equal(fresh.load(kept[0]), cache.load(kept[0]))
 
 
-def test_real_clips_parse_and_decode_through_the_cache(shared_data: Path,
+def test_real_clips_parse_and_decode_through_the_cache(crema_d_dir: Path, ravdess_like_clip: Path,
                                                        tmp_path: Path) -> None:
-    examples, report = collect_examples([str(shared_data / "crema_d"),
-                                         str(shared_data / "ravdess")])
+    examples, report = collect_examples([str(crema_d_dir), str(ravdess_like_clip.parent)])
     assert {(e.label, e.actor) for e in examples} == {
         ("angry", "crema-d:1001"), ("happy", "crema-d:1001"), ("neutral", "crema-d:1001"),
         ("sad", "crema-d:1001")}
-    assert report.outside_classes == {"surprised": 1}  # the RAVDESS clip is emotion 08
+    assert report.outside_classes == {"surprised": 1}  # the RAVDESS-shaped clip: emotion 08
     cache = ClipCache(str(tmp_path / "cache"), ClipSpec(16, 64, 4.0, 2))
     kept, cache_report = build_cache(cache, examples)
     assert len(kept) == 4 and not cache_report.corrupt
