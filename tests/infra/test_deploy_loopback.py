@@ -19,7 +19,7 @@ import subprocess
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,12 @@ from typing import Any
 import pandas as pd
 import pytest
 import s3fs
+from prefect.client.schemas.objects import (
+    ConcurrencyLimitStrategy,
+    ConcurrencyOptions,
+    FlowRun,
+    StateType,
+)
 
 from emotion_model.checkpoint import load_deployment
 
@@ -35,10 +41,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / ".venv" / "bin"
 UUID_RE = re.compile(r"UUID:\s*([0-9a-f-]{36})")
+NIGHTLY_OPTIONS = ConcurrencyOptions(  # prefect.yaml: one run at a time, a second one cancelled
+    collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW, grace_period_seconds=1800)
+WEEKLY_OPTIONS = ConcurrencyOptions(  # one at a time, a second one waits for the slot
+    collision_strategy=ConcurrencyLimitStrategy.ENQUEUE, grace_period_seconds=1800)
 RETRAIN_RECIPE: dict[str, Any] = {  # tests/flows/test_retrain.py's small recipe, two epochs
     "preset": "small", "num_frames": 16, "img_size": 64, "batch_size": 8, "lr": 3e-3,
     "crop_scale": 1.0, "val_fraction": 0.34, "seed": 0, "device": "cpu", "epochs": 2,
     "patience": 2, "max_clips_per_video": 1, "decode_threads": 1,
+    "min_val_accuracy": 0.0,  # two epochs may not clear the 0.4 promotion floor; promote anyway
 }
 
 
@@ -79,6 +90,10 @@ def _tail(path: Path, chars: int = 4000) -> str:
     return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 
 
+def _ended(flow_run: FlowRun) -> bool:
+    return flow_run.state is not None and flow_run.state.is_final()
+
+
 @dataclass
 class Loopback:
     """The running server and worker, their environment and the test's buckets."""
@@ -113,21 +128,30 @@ class Loopback:
         env = {**self.env, "EMOTION_PIPELINE_HOME": "/nonexistent/deploying-machine"}
         self.cli("prefect", "--no-prompt", "deploy", *args, env=env)
 
-    def run_and_wait(self, deployment: str, *args: str, timeout: float = 420) -> Any:
-        """``prefect deployment run``; waits for the flow run to end and returns it."""
+    def start_run(self, deployment: str, *args: str) -> uuid.UUID:
+        """``prefect deployment run``; returns the new flow run's id."""
         out = self.cli("prefect", "deployment", "run", deployment, *args).stdout
         match = UUID_RE.search(out)
         assert match, out
-        flow_run_id = uuid.UUID(match.group(1))
+        return uuid.UUID(match.group(1))
+
+    def wait_for(self, flow_run_id: uuid.UUID, until: Callable[[FlowRun], bool], what: str,
+                 timeout: float = 420, poll: float = 2) -> FlowRun:
+        """Reads the flow run every `poll` seconds until `until` holds; returns it."""
         deadline = time.monotonic() + timeout
         with self.client() as client:
             while True:
                 flow_run = client.read_flow_run(flow_run_id)
-                if flow_run.state is not None and flow_run.state.is_final():
-                    break
+                if until(flow_run):
+                    return flow_run
                 assert time.monotonic() < deadline, (
-                    f"{deployment} still {flow_run.state_name}\n{_tail(self.worker_log)}")
-                time.sleep(2)
+                    f"{what}: still {flow_run.state_name}\n{_tail(self.worker_log)}")
+                time.sleep(poll)
+
+    def run_and_wait(self, deployment: str, *args: str, timeout: float = 420) -> Any:
+        """``prefect deployment run``; waits for the flow run to end and returns it."""
+        flow_run = self.wait_for(self.start_run(deployment, *args), _ended, deployment,
+                                 timeout=timeout)
         assert flow_run.state.is_completed(), (
             f"{deployment}: {flow_run.state_name}: {flow_run.state.message}\n"
             f"{_tail(self.worker_log)}")
@@ -263,6 +287,81 @@ def test_adhoc_runs_on_a_prefix_from_the_cli(loopback: Loopback,
     assert len(clips) >= 6 and clips["label"].notna().all()
 
 
+def test_nightly_runs_never_overlap(loopback: Loopback) -> None:
+    """Two runs of ``batch-inference/nightly`` back to back, the second created while the first
+    holds the deployment's one slot: the server cancels the second when the worker asks to
+    start it (CANCEL_NEW), and the first completes the archive alone.
+
+    For this test the pool lets two runs through, as the ECS pool does (no limit of its own);
+    at its default of one run at a time the process pool would hold the second back itself (the
+    second turns Late and the same deployment limit cancels it then)."""
+    lb = loopback
+    lb.deploy("--name", "nightly", "--pool", lb.pool)
+    with lb.client() as client:
+        deployment = client.read_deployment_by_name("batch-inference/nightly")
+    assert deployment.work_pool_name == lb.pool
+    assert deployment.global_concurrency_limit is not None
+    assert deployment.global_concurrency_limit.limit == 1
+    assert deployment.concurrency_options == NIGHTLY_OPTIONS
+
+    # the deployment's source and model; an output of this test's own, whatever ran before
+    output = f"s3://{lb.buckets['outputs']}/overlap/"
+    pools = ("emotion-pipeline", "pools", "--only", "process", "--process-pool", lb.pool)
+    lb.cli(*pools, "--process-concurrency", "2")
+    try:
+        with lb.client() as client:
+            assert client.read_work_pool(lb.pool).concurrency_limit == 2
+        first_id = lb.start_run("batch-inference/nightly", "--param", f"output={output}")
+        lb.wait_for(first_id, lambda fr: fr.state_type != StateType.SCHEDULED,
+                    "first nightly run", timeout=120, poll=0.2)  # Pending: it holds the slot
+        second_id = lb.start_run("batch-inference/nightly", "--param", f"output={output}")
+        second = lb.wait_for(second_id, _ended, "second nightly run", timeout=120, poll=0.5)
+        with lb.client() as client:
+            first = client.read_flow_run(first_id)
+            limit = client.read_deployment(deployment.id).global_concurrency_limit
+        assert first.state_type in (StateType.PENDING, StateType.RUNNING), (
+            f"the first run was {first.state_name} when the second ended "
+            f"({second.state_name}: {second.state.message})\n{_tail(lb.worker_log)}")
+        assert limit.active_slots == 1
+        first = lb.wait_for(first_id, _ended, "first nightly run", timeout=300)
+    finally:
+        lb.cli(*pools)  # back to the project's default, one run at a time
+
+    assert (second.state_type, second.state_name, second.state.message) == (
+        StateType.CANCELLED, "Cancelled", "Deployment concurrency limit reached.")
+    assert second.run_count == 0 and not second.total_run_time  # it never ran
+    assert second.parameters["source"] == lb.variables["emotion_archive"]
+    assert first.state_type == StateType.COMPLETED, (
+        f"{first.state_name}: {first.state.message}\n{_tail(lb.worker_log)}")
+    assert first.parameters == second.parameters
+    assert second.state.timestamp < first.end_time
+    (summary_key,) = lb.fs.glob(f"{output}runs/*.json")  # one run wrote, once
+    summary = json.loads(lb.fs.cat(summary_key))
+    assert summary["counts"]["listed"] == summary["counts"]["succeeded"] == 6, summary["counts"]
+    assert len(_read_parquet(lb, f"{output}videos")) == 6
+
+    # what an operator sees: the slot free again; in the cancelled run's logs, the worker's line
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    inspect = json.loads(lb.cli("prefect", "deployment", "inspect", "batch-inference/nightly",
+                                "--output", "json").stdout)
+    assert {k: inspect["global_concurrency_limit"][k] for k in ("limit", "active_slots")} == {
+        "limit": 1, "active_slots": 0}
+    assert inspect["concurrency_options"] == NIGHTLY_OPTIONS.model_dump(mode="json")
+    expected = (f"Aborted submission of flow run '{second_id}': Server returned a non-pending "
+                "state 'CANCELLED'")
+    deadline = time.monotonic() + 30
+    with lb.client() as client:
+        while True:  # the worker sends run logs to the server in batches
+            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[second_id])))
+            messages = [log.message for log in logs]
+            if expected in messages or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+    assert expected in messages, messages
+    assert not any("submitted to infrastructure" in m for m in messages), messages
+
+
 def test_retrain_weekly_publishes_a_production_model(loopback: Loopback) -> None:
     lb = loopback
     lb.deploy("--name", "weekly", "--pool", lb.pool)
@@ -312,3 +411,8 @@ def test_deploy_all_resolves_every_variable(loopback: Loopback) -> None:
     assert [(s.schedule.cron.split()[2:], s.schedule.timezone) for s in weekly.schedules] == [
         (["*", "*", "0"], "Europe/London")]
     assert not found["batch-inference/adhoc"].schedules
+    limits = {name: (d.global_concurrency_limit and d.global_concurrency_limit.limit,
+                     d.concurrency_options) for name, d in found.items()}
+    assert limits == {"batch-inference/nightly": (1, NIGHTLY_OPTIONS),
+                      "batch-inference/adhoc": (None, None),
+                      "retrain/weekly": (1, WEEKLY_OPTIONS)}

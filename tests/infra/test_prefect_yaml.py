@@ -14,9 +14,11 @@ from typing import Any
 import pytest
 import yaml
 from prefect import Flow
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.deployments.steps.utility import run_shell_script
 from prefect.flows import load_flow_from_entrypoint
+from prefect.settings import get_current_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 VARIABLE = re.compile(r"^\{\{ prefect\.variables\.(\w+) \}\}$")
@@ -114,6 +116,25 @@ def test_schedules_pools_and_roles(deployments: dict[str, dict[str, Any]]) -> No
         "task_role_arn": "{{ prefect.variables.emotion_training_role_arn }}"}
     assert {"source", "model", "output"} <= set(nightly["parameters"])
     assert nightly["parameters"]["model"] == "{{ prefect.variables.emotion_model }}"
+
+
+def test_one_nightly_and_one_retrain_at_a_time(deployments: dict[str, dict[str, Any]]) -> None:
+    """nightly: a run that finds the slot taken is cancelled (the next night catches up);
+    weekly: it waits for the slot; adhoc: no limit (runs over different prefixes overlap)."""
+    limits = {name: d.get("concurrency_limit") for name, d in deployments.items()}
+    assert limits == {
+        "nightly": {"limit": 1, "collision_strategy": "CANCEL_NEW", "grace_period_seconds": 1800},
+        "adhoc": None,
+        "weekly": {"limit": 1, "collision_strategy": "ENQUEUE", "grace_period_seconds": 1800},
+    }
+    # Prefect's own model of the setting accepts both (strategy names, grace period bounds),
+    # and the grace period outlasts the server's default lease, shorter than a cold ECS start
+    default_lease = get_current_settings().server.concurrency.initial_deployment_lease_duration
+    for name in ("nightly", "weekly"):
+        config = ConcurrencyLimitConfig.model_validate(limits[name])
+        assert config.limit == 1 and config.grace_period_seconds > default_lease, name
+    assert ConcurrencyLimitConfig.model_validate(limits["nightly"]).collision_strategy == (
+        ConcurrencyLimitStrategy.CANCEL_NEW)
 
 
 # --- the pull step: the project folder from EMOTION_PIPELINE_HOME, default /opt/emotion-pipeline --
