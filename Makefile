@@ -15,7 +15,7 @@ install: $(BIN)/python
 install-dev: $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
 
-demo: install  ## sample videos + untrained small model -> the batch flow -> Parquet
+demo: install  ## drawn faces -> retrain flow -> production.json -> batch flow on held-out actors
 	$(BIN)/emotion-pipeline demo --dir demo
 
 test: install-dev  ## the whole test suite (what CI runs)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -90,43 +89,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Sample videos + an untrained small model -> the batch flow -> a summary via pandas."""
-    quiet_prefect(args.verbose)
-    import pandas as pd
-    import torch
-
-    from emotion_model.checkpoint import save_deployment
-    from emotion_model.model import build_model
-    from emotion_model.sample_data import make_demo_videos
-
-    root = Path(args.dir).resolve()
-    videos, output, model_path = root / "videos", root / "outputs", root / "model-small.safetensors"
-    if not any(videos.glob("*.mp4")):
-        paths = make_demo_videos(videos, n=args.videos, seed=0)
-        console.print(f"wrote {len(paths)} sample videos to {videos}")
-    if not model_path.exists():
-        torch.manual_seed(0)
-        meta = save_deployment(build_model("small").eval(), model_path, untrained=True)
-        console.print(f"wrote an untrained small model {model_path} ({meta['model_version']})")
-    summary = run_flow(
-        {"source": str(videos), "output": str(output), "model": str(model_path),
-         "reprocess": True},
-        show_progress=not args.no_progress,
-    )
-    print_summary(summary, str(output))
-    table = pd.read_parquet(output / "videos", filters=[("run_id", "==", summary["run_id"])])
-    console.print("\nper-video predictions read back with pandas:")
-    console.print(
-        table[["video_uri", "num_clips", "label", "confidence", "video_duration_s"]]
-        .assign(video_uri=lambda t: t.video_uri.map(lambda u: Path(u).name))
-        .to_string(index=False)
-    )
-    return 0
-
-
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add the ``run`` and ``demo`` subcommands."""
+    """Add the ``run`` subcommand."""
     p = sub.add_parser(
         "run", help="run the batch-inference flow on a folder or S3 prefix",
         description="List the videos under SOURCE, predict every new or changed one and write "
@@ -140,14 +104,3 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="S3 endpoint (MinIO, a test server); added to --storage-options")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
-
-    p = sub.add_parser(
-        "demo", help="sample videos + untrained small model -> the whole batch flow",
-        description="Generate sample videos, write an untrained small model, run the "
-        "batch-inference flow on them and print the summary read back with pandas. The "
-        "model is untrained: this shows the pipeline working, not real predictions.",
-    )
-    p.add_argument("--dir", default="demo", help="working folder (./demo)")
-    p.add_argument("--videos", type=int, default=6, help="sample videos to generate (6)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_demo)

@@ -21,12 +21,11 @@ from typing import Literal
 import numpy as np
 
 from emotion_model.labels import EMOTION_LABELS
-from emotion_model.video_writer import available_encoders, encode_video
+from emotion_model.video_writer import encode_video
 
 __all__ = [
     "CREMA_D_SENTENCES",
     "EMOTION_CODES",
-    "make_demo_videos",
     "make_sample_dataset",
     "render_face_clip",
 ]
@@ -455,6 +454,7 @@ def make_sample_dataset(
     size: tuple[int, int] = (160, 160),
     seed: int = 0,
     crema_format: Literal["mp4", "flv"] = "mp4",
+    first_actor: int = 1,
 ) -> list[Path]:
     """Write synthetic face videos under `root` named as in RAVDESS or CREMA-D.
 
@@ -465,7 +465,9 @@ def make_sample_dataset(
     `crema_format="flv"` an FLV file with the `flv` (Sorenson H.263) encoder, as the
     original CREMA-D release ships.
 
-    `size` is (height, width), even for H.264. Returns the written paths, sorted.
+    `size` is (height, width), even for H.264. `first_actor` numbers the actors from there
+    (actor k looks the same whichever call renders it, so `first_actor=7` adds two new faces to
+    a dataset of six). Returns the written paths, sorted.
     """
     if layout not in EMOTION_CODES:
         raise ValueError(f"layout must be one of {sorted(EMOTION_CODES)}, got {layout!r}")
@@ -475,8 +477,9 @@ def make_sample_dataset(
     if bad:
         raise ValueError(f"unknown emotions {bad}; allowed: {list(EMOTION_LABELS)}")
     max_actors = 99 if layout == "ravdess" else 8999
-    if not 1 <= actors <= max_actors:
-        raise ValueError(f"actors must be in 1..{max_actors} for {layout}, got {actors}")
+    if not actors >= 1 or not first_actor >= 1 or first_actor + actors - 1 > max_actors:
+        raise ValueError(f"actors {first_actor}..{first_actor + actors - 1} must be within "
+                         f"1..{max_actors} for {layout}")
     limit = min(len(_ravdess_takes(e) if layout == "ravdess" else _crema_d_takes(e))
                 for e in emotions)
     if not 1 <= takes_per_emotion <= limit:
@@ -486,7 +489,7 @@ def make_sample_dataset(
     num_frames = max(1, round(seconds * fps))
     root = Path(root)
     paths = []
-    for a in range(actors):
+    for a in range(first_actor - 1, first_actor - 1 + actors):
         actor_seed = _seed_int(seed, a)
         for emotion in emotions:
             code = EMOTION_CODES[layout][emotion]
@@ -508,37 +511,3 @@ def make_sample_dataset(
                 )
                 paths.append(encode_video(path, frames, fps=fps, codec=codec, options=options))
     return sorted(paths)
-
-
-def make_demo_videos(root: str | Path, n: int = 6, *, seed: int = 0) -> list[Path]:
-    """Write `n` short synthetic face videos of mixed sizes, lengths and codecs to `root`.
-
-    Some videos act two emotions one after the other, so a multi-clip video shows
-    different clip labels. Names are `demo_01.mp4`, `demo_02.mkv`, ...; returns the paths.
-    """
-    plans = [  # (height, width, seconds, fps, suffix, codec, emotions)
-        (160, 160, 3.0, 30, ".mp4", "libx264", ("happy",)),
-        (240, 320, 6.0, 25, ".mp4", "libx264", ("neutral", "sad")),
-        (180, 240, 2.0, 24, ".mkv", "libx264", ("angry",)),
-        (224, 224, 4.0, 30, ".avi", "mpeg4", ("fearful",)),
-        (360, 480, 8.0, 30, ".mp4", "libx264", ("disgust", "happy")),
-        (144, 176, 1.5, 15, ".webm", "libvpx", ("sad",)),
-    ]
-    encoders = available_encoders()
-    root = Path(root)
-    paths = []
-    for i in range(n):
-        height, width, seconds, fps, suffix, codec, emotions = plans[i % len(plans)]
-        if codec not in encoders:
-            suffix, codec = ".mp4", "libx264"
-        actor_seed = _seed_int(seed, 1000 + i)
-        per = max(1, round(seconds * fps / len(emotions)))
-        frames = np.concatenate([
-            render_face_clip(e, actor_seed=actor_seed, num_frames=per, height=height,
-                             width=width, fps=fps, take_seed=j)
-            for j, e in enumerate(emotions)
-        ])
-        options = _X264_FAST if codec == "libx264" else None
-        paths.append(encode_video(root / f"demo_{i + 1:02d}{suffix}", frames, fps=fps,
-                                  codec=codec, options=options))
-    return paths

@@ -48,6 +48,7 @@ def retrain(
     pretrained: str | None = None,
     resume: bool = False,
     force: bool = False,
+    min_val_accuracy: float = 0.4,
     device: str = "auto",
     decode_threads: int = 2,
     storage_options: dict[str, Any] | None = None,

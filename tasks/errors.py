@@ -66,3 +66,12 @@ class NoDaskWorkersError(PipelineError, RuntimeError):
 
 class RunFailedError(PipelineError, RuntimeError):
     """Some shards of a batch run could not write their outputs; the run summary lists them."""
+
+
+class RegistryBusyError(_AboutObject, RuntimeError):
+    """``production.json`` kept changing under a promotion (other retrains promoting at once)."""
+
+
+class CheckpointInUseError(_AboutObject, RuntimeError):
+    """Another training holds the lease of this checkpoint folder (same run key), or took it
+    over from this one; the message names the holder and when its lease expires."""

@@ -36,10 +36,22 @@ def resolve_model_uri(model: str, storage_options: Mapping[str, Any] | None = No
         raise CheckpointError(model, "no such model pointer") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(model, f"model pointer is not JSON ({exc})") from exc
-    uri = pointer.get("uri") if isinstance(pointer, dict) else None
-    if not isinstance(uri, str) or not uri:
+    if not isinstance(pointer, dict):
         raise CheckpointError(model, "model pointer has no 'uri'")
+    return pointer_target(pointer, model)
+
+
+def pointer_target(pointer: Mapping[str, Any], location: str) -> str:
+    """The deployment-file URI a parsed pointer names; a relative ``uri`` is resolved against
+    the folder of ``location`` (where the pointer was read from).
+
+    Raises:
+        CheckpointError: the pointer names no ``uri``.
+    """
+    uri = pointer.get("uri")
+    if not isinstance(uri, str) or not uri:
+        raise CheckpointError(location, "model pointer has no 'uri'")
     if "://" in uri or uri.startswith("/"):
         return uri
-    base = model.rsplit("/", 1)[0] if "/" in model else "."
+    base = location.rsplit("/", 1)[0] if "/" in location else "."
     return join(base, uri)

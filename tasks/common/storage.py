@@ -1,4 +1,5 @@
-"""fsspec helpers for listing and sink: resolve URIs, retry transient errors, write atomically.
+"""fsspec helpers for listing and sink: resolve URIs, retry transient errors, write atomically,
+and write conditionally (compare-and-swap: ``read_versioned`` / ``write_if_unchanged``).
 
 Three kinds of location are accepted everywhere:
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import logging
@@ -25,7 +27,8 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import fsspec
@@ -42,6 +45,7 @@ T = TypeVar("T")
 __all__ = [
     "OutputNotWritableError",
     "SourceNotFoundError",
+    "Versioned",
     "atomic_write_bytes",
     "check_writable",
     "is_local",
@@ -49,10 +53,12 @@ __all__ = [
     "join",
     "local_path",
     "read_bytes",
+    "read_versioned",
     "remove_file",
     "resolve",
     "retry_transient",
     "with_retries",
+    "write_if_unchanged",
 ]
 
 
@@ -396,3 +402,142 @@ def check_writable(output_uri: str, storage_options: Mapping[str, Any] | None = 
         with contextlib.suppress(OSError):
             os.rmdir(os.path.dirname(_local_path(probe)))
     logger.debug("output %s is writable", output_uri)
+
+
+# --- conditional writes (compare-and-swap) -------------------------------------------------------
+# Two writers that read the same object and both write it back lose one update. These two
+# functions let a writer say "only if it is still what I read": on S3 a PUT with ``If-Match:
+# <ETag read>`` (``If-None-Match: *`` when there was nothing), which S3 applies atomically;
+# locally a read-compare-rename under an exclusive ``flock`` on a hidden lock file beside the
+# object (the kernel drops the lock when its process dies, so a crash leaves no stale lock).
+_CONFLICT_CODES = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409",
+                             "NoSuchKey"})
+
+
+@dataclass(frozen=True)
+class Versioned:
+    """An object's bytes and a token of that exact version (S3: its ETag; locally: sha256)."""
+
+    data: bytes
+    token: str
+
+
+def _content_token(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read_local(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def _is_s3(fs: fsspec.AbstractFileSystem) -> bool:
+    return "s3" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
+def _unsupported(uri: str) -> OutputNotWritableError:
+    return OutputNotWritableError(uri, "conditional writes (compare-and-swap) are implemented "
+                                       "for local paths and s3:// only")
+
+
+def read_versioned(uri: str, storage_options: Mapping[str, Any] | None = None
+                   ) -> Versioned | None:
+    """The object at `uri` with its version token (one GET on S3), or None when absent."""
+    fs, path = resolve(uri, storage_options)
+    if isinstance(fs, LocalFileSystem):
+        try:
+            data = with_retries(lambda: _read_local(path), what=f"read {uri}")
+        except FileNotFoundError:
+            return None
+        return Versioned(data, _content_token(data))
+    if not _is_s3(fs):
+        raise _unsupported(uri)
+    from fsspec.asyn import sync
+
+    bucket, key, _ = fs.split_path(path)
+
+    async def _get() -> Versioned:
+        resp = await fs._call_s3("get_object", Bucket=bucket, Key=key)
+        try:
+            data = await resp["Body"].read()
+        finally:
+            resp["Body"].close()
+        return Versioned(data, str(resp["ETag"]))
+
+    try:
+        return with_retries(lambda: sync(fs.loop, _get), what=f"read {uri}")
+    except FileNotFoundError:
+        return None
+
+
+def _is_conflict(exc: BaseException) -> bool:
+    """A conditional write refused because the object changed (412, 409, gone since read)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        response = getattr(current, "response", None)
+        if isinstance(response, dict):
+            code = str(response.get("Error", {}).get("Code", ""))
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in _CONFLICT_CODES or status in (409, 412):
+                return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+@contextlib.contextmanager
+def _local_lock(path: str) -> Iterator[None]:
+    """An exclusive ``flock`` on ``<folder>/.<name>.lock`` (created once, never deleted)."""
+    folder, name = os.path.split(path)
+    os.makedirs(folder, exist_ok=True)
+    fd = os.open(os.path.join(folder, f".{name}.lock"), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def write_if_unchanged(uri: str, data: bytes, token: str | None,
+                       storage_options: Mapping[str, Any] | None = None) -> str | None:
+    """Write `data` to `uri` only if the object is still the version `token` names (from
+    `read_versioned`), or still absent when `token` is None.
+
+    Returns:
+        The new version's token, or None when another writer got there first (re-read, decide
+        again, retry). Transient errors are retried; a retried write whose first try landed
+        comes back as None too, so callers re-read and recognise their own write.
+    """
+    fs, path = resolve(uri, storage_options)
+    if isinstance(fs, LocalFileSystem):
+
+        def _local() -> str | None:
+            with _local_lock(path):
+                try:
+                    current: str | None = _content_token(_read_local(path))
+                except FileNotFoundError:
+                    current = None
+                if current != token:
+                    return None
+                atomic_write(path, data)
+                return _content_token(data)
+
+        return with_retries(_local, what=f"conditional write {uri}")
+    if not _is_s3(fs):
+        raise _unsupported(uri)
+    bucket, key, _ = fs.split_path(path)
+    condition = {"IfNoneMatch": "*"} if token is None else {"IfMatch": token}
+
+    def _s3() -> str | None:
+        try:
+            resp = fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, **condition)
+        except FileExistsError:  # s3fs's translation of a failed If-None-Match
+            return None
+        except Exception as exc:
+            if _is_conflict(exc):
+                return None
+            raise
+        return str(resp["ETag"])
+
+    return with_retries(_s3, what=f"conditional write {uri}")

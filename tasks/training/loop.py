@@ -2,14 +2,16 @@
 
 AdamW + OneCycleLR, cross-entropy with label smoothing, augmentation (random resized crop,
 horizontal flip, temporal jitter) on the device, AMP and gradient clipping on GPU, early
-stopping on validation accuracy. Each epoch's shuffle and augmentation come from a generator
-seeded by ``(seed, epoch)`` and the checkpoint restores the RNGs, so a resumed run ends with
-the same weights as one that was never interrupted.
+stopping on validation accuracy (counted only after the one-cycle warm-up). Each epoch's
+shuffle and augmentation come from a generator seeded by ``(seed, epoch)`` and the checkpoint
+restores the RNGs, so a resumed run ends with the same weights as one that was never
+interrupted. One training at a time writes a checkpoint folder (its lease).
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import math
 import time
@@ -28,6 +30,7 @@ from emotion_model.checkpoint import (
     save_deployment,
     save_training_checkpoint,
 )
+from emotion_model.errors import CheckpointError, CheckpointNotFoundError
 from emotion_model.labels import EMOTION_LABELS
 from emotion_model.model import EmotionClassifier, build_model
 from emotion_model.predict import resolve_device
@@ -37,6 +40,7 @@ from tasks.common.storage import join, read_bytes, resolve, with_retries
 from tasks.errors import NoTrainingDataError
 from tasks.training.clip_cache import ClipCache
 from tasks.training.data import Example
+from tasks.training.lease import CheckpointLease
 from tasks.training.settings import RetrainSettings
 
 log = logging.getLogger(__name__)
@@ -51,6 +55,15 @@ TEMPORAL_SPAN = 0.8
 """Temporal jitter: the sampled span covers at least this share of the clip (expressions
 build up over a clip, so a short span at its start would show a neutral face)."""
 LABEL_INDEX = {label: i for i, label in enumerate(EMOTION_LABELS)}
+WARMUP_PCT = 0.3
+"""OneCycleLR's warm-up: the learning rate rises to its peak over this share of the steps."""
+
+
+def warmup_epochs(epochs: int) -> int:
+    """The epochs of the warm-up, ``ceil(0.3 x epochs)``: early stopping does not count them
+    (a model may not improve before its learning rate is up), so a run stops at the earliest
+    after ``warmup_epochs(epochs) + patience`` epochs."""
+    return math.ceil(WARMUP_PCT * epochs)
 
 
 # --- data in batches ----------------------------------------------------------------------------
@@ -133,12 +146,28 @@ def initial_model(settings: RetrainSettings) -> EmotionClassifier:
     """The model training starts from: ``init`` weights, Kinetics weights or random."""
     torch.manual_seed(settings.seed)
     if settings.init:
-        model, meta = load_deployment(settings.init)
+        model, meta = load_deployment(read_model_file(settings.init, settings.storage_options))
         log.info("fine-tuning %s (version %s)", settings.init, meta["model_version"])
         return model.train()
     if settings.pretrained:
-        return build_model(settings.preset, pretrained=settings.pretrained)
+        weights = read_model_file(settings.pretrained, settings.storage_options)
+        return build_model(settings.preset, pretrained=weights)
     return build_model(settings.preset)
+
+
+def read_model_file(uri: str, storage_options: dict[str, Any] | None) -> io.BytesIO:
+    """The bytes at `uri` (a local path or an ``s3://`` URI), read with the run's
+    `storage_options` and retries, as a file object whose ``name`` is `uri` so that the
+    loaders' errors name it. A missing file is a `CheckpointNotFoundError` naming `uri`."""
+    try:
+        data = read_bytes(uri, storage_options)
+    except FileNotFoundError as exc:
+        raise CheckpointNotFoundError(uri, "no such model file") from exc
+    except (IsADirectoryError, PermissionError) as exc:
+        raise CheckpointError(uri, f"cannot read: {type(exc).__name__}: {exc}") from exc
+    buffer = io.BytesIO(data)
+    buffer.name = uri
+    return buffer
 
 
 def default_batch_size(device: torch.device) -> int:
@@ -198,7 +227,7 @@ def _make_loop(settings: RetrainSettings, model: EmotionClassifier, device: torc
     )
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=settings.lr, total_steps=settings.epochs * steps_per_epoch,
-        pct_start=0.3,
+        pct_start=WARMUP_PCT,
     )
     autocast_dtype = None
     scaler = None
@@ -266,11 +295,30 @@ def train(
     Writes ``last.pt`` (everything needed to resume) every epoch and ``best.pt`` when the
     validation accuracy improves, under ``settings.checkpoint_uri``. With ``settings.resume``
     an existing ``last.pt`` of the same run key is continued. ``on_epoch(stats, epochs)`` is
-    called after each epoch.
+    called after each epoch. Early stopping counts epochs without a better validation accuracy
+    only after the warm-up (``warmup_epochs``).
+
+    The checkpoint folder is leased (``CheckpointLease``) for the whole run: a second training
+    of the same run key refuses with ``CheckpointInUseError`` naming the holder, and this one
+    stops with it should its lease be taken over.
     """
     if not train_examples or not val_examples:
         raise NoTrainingDataError(f"training needs examples on both sides of the split; got "
                          f"{len(train_examples)} train and {len(val_examples)} validation")
+    with CheckpointLease(settings.checkpoint_uri, run_key=settings.run_key(),
+                         storage_options=settings.storage_options) as lease:
+        return _train(settings, train_examples, val_examples, cache, lease, on_epoch)
+
+
+def _train(
+    settings: RetrainSettings,
+    train_examples: Sequence[Example],
+    val_examples: Sequence[Example],
+    cache: ClipCache,
+    lease: CheckpointLease,
+    on_epoch: Callable[[EpochStats, int], None] | None,
+) -> TrainResult:
+    """``train``'s work, done while ``lease`` is held."""
     device = resolve_device(settings.device)
     batch_size = settings.batch_size or default_batch_size(device)
     train_index = ClipIndex.build(train_examples, cache)
@@ -304,6 +352,7 @@ def train(
         log.info("resume: no checkpoint at %s; starting from epoch 1", last_uri)
 
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
+    warmup = warmup_epochs(settings.epochs)
     epoch = start_epoch - 1
     for epoch in range(start_epoch, settings.epochs + 1):
         if finished:
@@ -315,6 +364,7 @@ def train(
         t0 = time.perf_counter()
         loss_sum, correct, seen = 0.0, 0, 0
         for start in range(0, len(order), batch_size):
+            lease.check()  # the heartbeat found the folder taken over: stop now
             positions = order[start : start + batch_size]
             clips, labels = train_index.batch(cache, positions)
             clips, labels = clips.to(device, non_blocking=True), labels.to(device)
@@ -352,11 +402,12 @@ def train(
             train_s=train_s, val_s=time.perf_counter() - t1,
         )
         history.append(stats.__dict__.copy())
+        lease.renew()  # before writing: a training whose lease was taken over writes nothing
         if val_acc > best_acc + 1e-9:
             best_acc, best_epoch, bad_epochs = val_acc, epoch, 0
             save_deployment(model, best_uri, num_frames=settings.num_frames,
                             img_size=settings.img_size, epoch=epoch)
-        else:
+        elif epoch > warmup:
             bad_epochs += 1
         finished = bad_epochs >= settings.patience or epoch == settings.epochs
         save_training_checkpoint(

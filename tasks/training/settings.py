@@ -44,7 +44,8 @@ class RetrainSettings(FlowSettings):
     epochs: int = Field(default=60, ge=1, le=1000, description="Epochs planned (one cycle).")
     patience: int = Field(
         default=10, ge=1, le=1000, description="Stop after this many epochs without a better "
-        "validation accuracy."
+        "validation accuracy, counted only after the one-cycle warm-up (the first 30% of the "
+        "epochs)."
     )
     batch_size: int | None = Field(
         default=None, ge=1, le=1024, description="Clips per step (default CPU 8, GPU 16)."
@@ -74,7 +75,14 @@ class RetrainSettings(FlowSettings):
         default=False, description="Continue from the last checkpoint of the same run key."
     )
     force: bool = Field(
-        default=False, description="Promote the candidate even when it does not beat production."
+        default=False, description="Promote the candidate even when it does not beat production "
+        "or the floor."
+    )
+    min_val_accuracy: float = Field(
+        default=0.4, ge=0, le=1, description="Promotion floor: a candidate with a lower "
+        "validation accuracy is published but never promoted (force overrides). Chance is 0.167 "
+        "for six classes; 0.4 is well above what a model that learned nothing scores on a small "
+        "validation split."
     )
 
     @field_validator("sources")
@@ -119,8 +127,8 @@ class RetrainSettings(FlowSettings):
         """A stable key of what is trained (data, split, model, recipe): resume finds its
         checkpoint by it, and a changed recipe never resumes from another's checkpoint."""
         fields = self.model_dump(
-            exclude={"resume", "force", "device", "decode_threads", "storage_options",
-                     "cache", "checkpoint_dir", "registry"}
+            exclude={"resume", "force", "min_val_accuracy", "device", "decode_threads",
+                     "storage_options", "cache", "checkpoint_dir", "registry"}
         )
         text = json.dumps(fields, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:12]

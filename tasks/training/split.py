@@ -85,3 +85,46 @@ def class_counts(examples: Iterable[Example]) -> dict[str, int]:
     return {label: counts.get(label, 0) for label in EMOTION_LABELS}
 
 
+MIN_VAL_PER_CLASS = 5
+"""Fewer validation videos of a class than this and one video moves its recall by 20% or more:
+the split can still train, but its validation is too small to judge a model (a warning)."""
+
+
+def check_split(split: Split, *, train_clips: int | None = None,
+                batch_size: int | None = None) -> list[str]:
+    """Whether the recipe can learn from ``split``, before any training.
+
+    Returns:
+        Warnings (validation too small to judge: fewer videos than classes, or fewer than
+        ``MIN_VAL_PER_CLASS`` of some class), one line each.
+
+    Raises:
+        NoTrainingDataError: training cannot work at all: a side of the split is empty, a class
+            has no training video (the model could never predict it), or fewer training clips
+            than one batch (when ``train_clips`` and ``batch_size`` are given).
+    """
+    if not split.train or not split.val:
+        raise NoTrainingDataError(f"training needs videos on both sides of the split; got "
+                                  f"{len(split.train)} train and {len(split.val)} validation")
+    train = class_counts(split.train)
+    missing = [label for label, n in train.items() if n == 0]
+    if missing:
+        raise NoTrainingDataError(
+            f"no training video of {', '.join(missing)} (training side: {train}, "
+            f"{len(split.train_actors)} actors): the model could never learn "
+            f"{'it' if len(missing) == 1 else 'them'}; add labelled videos of every class")
+    if train_clips is not None and batch_size is not None and train_clips < batch_size:
+        raise NoTrainingDataError(
+            f"{train_clips} training clips are fewer than one batch ({batch_size}): an epoch "
+            f"would be one partial step; add videos or lower batch_size")
+    val = class_counts(split.val)
+    small = {label: n for label, n in val.items() if n < MIN_VAL_PER_CLASS}
+    if not small:
+        return []
+    total = len(split.val)
+    head = (f"only {total} validation videos, fewer than the {len(EMOTION_LABELS)} classes"
+            if total < len(EMOTION_LABELS) else f"{total} validation videos")
+    return [f"validation is too small to judge a model: {head}, fewer than "
+            f"{MIN_VAL_PER_CLASS} of {', '.join(f'{k} ({n})' for k, n in small.items())}; "
+            f"its accuracy moves in steps of {1 / total:.3f} and the floor and the comparison "
+            f"with production rest on few videos"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,8 +18,8 @@ from emotion_model.checkpoint import load_deployment, save_deployment
 from emotion_model.labels import EMOTION_LABELS
 from emotion_model.predict import resolve_device
 from tasks.common import progress
-from tasks.common.model_pointer import pointer_uri, resolve_model_uri
-from tasks.common.storage import atomic_write_bytes, join, retry_transient
+from tasks.common.model_pointer import pointer_target, pointer_uri
+from tasks.common.storage import atomic_write_bytes, join, read_bytes, retry_transient
 from tasks.errors import NoTrainingDataError
 from tasks.training.clip_cache import CacheReport, ClipCache, ClipSpec, build_cache
 from tasks.training.data import DataReport, Example, collect_examples
@@ -33,16 +34,17 @@ from tasks.training.evaluation import (
 from tasks.training.loop import ClipIndex, TrainResult, default_batch_size, evaluate_clips, train
 from tasks.training.registry import (
     MODEL_FILE,
+    Candidate,
     Decision,
     decide,
-    promote,
+    promote_candidate,
     read_json,
     read_production,
     version_uri,
     write_json,
 )
 from tasks.training.settings import RetrainSettings
-from tasks.training.split import Split, class_counts, split_by_actor
+from tasks.training.split import Split, check_split, class_counts, split_by_actor
 
 
 @dataclass
@@ -97,7 +99,9 @@ def _cache_progress(total: int) -> Any:
 @task(name="prepare-training-data", retries=2, retry_delay_seconds=[5, 30],
       retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
 def prepare_data(settings: RetrainSettings) -> PreparedData:
-    """List and label the videos, split them by actor, and decode each into the clip cache."""
+    """List and label the videos, split them by actor, check the recipe can learn from the
+    split (``check_split``: before decoding on the labels, after it on the clips), and decode
+    each video into the clip cache."""
     logger = get_run_logger()
     examples, report = collect_examples(settings.sources, settings.storage_options)
     logger.info(
@@ -109,6 +113,7 @@ def prepare_data(settings: RetrainSettings) -> PreparedData:
     if not examples:
         raise NoTrainingDataError(f"no labelled videos under {settings.sources} (names must follow "
                          "RAVDESS or CREMA-D, or give a manifest with uri, label, actor)")
+    check_split(split_by_actor(examples, settings.val_fraction, settings.seed))  # before decoding
     spec = spec_of(settings)
     cache = ClipCache(settings.cache_uri, spec, settings.storage_options)
     progress.emit("stage", name="cache", total=len(examples))
@@ -124,6 +129,10 @@ def prepare_data(settings: RetrainSettings) -> PreparedData:
                 "videos of %d actors %s", settings.seed, len(split.train),
                 len(split.train_actors), class_counts(split.train), len(split.val),
                 len(split.val_actors), class_counts(split.val))
+    batch_size = settings.batch_size or default_batch_size(resolve_device(settings.device))
+    train_clips = sum(cache.count(e) for e in split.train)
+    for warning in check_split(split, train_clips=train_clips, batch_size=batch_size):
+        logger.warning(warning)
     return PreparedData(split=split, report=report, cache=cache_report, spec=spec,
                         fingerprint=data_fingerprint(split.train))
 
@@ -170,31 +179,41 @@ def evaluate_candidate(settings: RetrainSettings, data: PreparedData,
     champion = read_production(settings.registry, settings.storage_options)
     evaluation.champion = champion
     if champion is not None:
-        try:
-            model_uri = resolve_model_uri(pointer_uri(settings.registry),
-                                          settings.storage_options)
-            model, meta = load_deployment(model_uri)
-            spec = spec_of(settings, int(meta["num_frames"]), int(meta["img_size"]))
-            champion_cache = ClipCache(settings.cache_uri, spec, settings.storage_options)
-            kept, _ = build_cache(champion_cache, data.split.val,
-                                  threads=settings.decode_threads)
-            evaluation.champion_metrics, _ = _evaluate(model, kept, champion_cache,
-                                                       spec.num_frames, settings)
-            seen = _champion_saw(settings, champion, data.split.val_actors)
-            if seen:
-                evaluation.notes.append(
-                    f"production was trained on {len(seen)} of the validation actors "
-                    f"({', '.join(seen[:5])}): its score is optimistic")
-        except Exception as exc:  # an unreadable production model must not block a new one
-            evaluation.champion_problem = f"{type(exc).__name__}: {exc}"
-            logger.warning("production model could not be evaluated: %s",
-                           evaluation.champion_problem)
+        evaluation.champion_metrics, evaluation.champion_problem, notes = champion_metrics(
+            settings, data, champion)
+        evaluation.notes.extend(notes)
     logger.info("candidate: validation accuracy %.4f, macro-F1 %.4f on %d videos of %d actors",
                 metrics["val_accuracy"], metrics["val_macro_f1"], metrics["n_val"],
                 len(data.split.val_actors))
     for note in evaluation.notes:
         logger.warning(note)
     return evaluation
+
+
+def champion_metrics(settings: RetrainSettings, data: PreparedData, champion: dict[str, Any]
+                     ) -> tuple[dict[str, Any] | None, str | None, list[str]]:
+    """The metrics of the model a ``production.json`` names on the candidate's validation
+    videos: ``(metrics, None, notes)``, or ``(None, problem, [])`` when it cannot be loaded or
+    evaluated (an unreadable production model must not block a new one)."""
+    logger = get_run_logger()
+    try:
+        model_uri = pointer_target(champion, pointer_uri(settings.registry))
+        model_file = io.BytesIO(read_bytes(model_uri, settings.storage_options))
+        model_file.name = model_uri  # errors name it
+        model, meta = load_deployment(model_file)
+        spec = spec_of(settings, int(meta["num_frames"]), int(meta["img_size"]))
+        champion_cache = ClipCache(settings.cache_uri, spec, settings.storage_options)
+        kept, _ = build_cache(champion_cache, data.split.val, threads=settings.decode_threads)
+        metrics, _ = _evaluate(model, kept, champion_cache, spec.num_frames, settings)
+    except Exception as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+        logger.warning("production model %s could not be evaluated: %s",
+                       champion.get("model_version"), problem)
+        return None, problem, []
+    seen = _champion_saw(settings, champion, data.split.val_actors)
+    notes = [f"production was trained on {len(seen)} of the validation actors "
+             f"({', '.join(seen[:5])}): its score is optimistic"] if seen else []
+    return metrics, None, notes
 
 
 def _champion_saw(settings: RetrainSettings, champion: dict[str, Any],
@@ -211,8 +230,11 @@ def _champion_saw(settings: RetrainSettings, champion: dict[str, Any],
       retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
 def publish_candidate(settings: RetrainSettings, data: PreparedData, result: TrainResult,
                       evaluation: Evaluation) -> dict[str, Any]:
-    """Write ``<registry>/<model_version>/`` and move ``production.json`` when the candidate
-    beats production on the same validation split (or ``force``)."""
+    """Write ``<registry>/<model_version>/`` and, once it is complete, move ``production.json``
+    when the candidate clears the floor and beats production on the same validation split (or
+    ``force``). The pointer moves by a conditional write; when another retrain promoted in the
+    meantime, its model is evaluated on this split and the decision taken again
+    (``promote_candidate``)."""
     logger = get_run_logger()
     so = settings.storage_options
     metrics = evaluation.metrics
@@ -232,14 +254,11 @@ def publish_candidate(settings: RetrainSettings, data: PreparedData, result: Tra
         atomic_write_bytes(join(folder, name), content, so)
     atomic_write_bytes(model_uri, buffer[0], so)
 
-    if evaluation.champion is not None and evaluation.champion_metrics is None:
-        decision = Decision(True, f"production model unreadable "
-                                  f"({evaluation.champion_problem}); replaced")
-    else:
-        decision = decide(metrics, evaluation.champion_metrics, force=settings.force)
-    if decision.forced:
-        logger.warning("force=True: promoting %s although it does not beat production (%s)",
-                       model_version, decision.reason)
+    # The decision against the production model evaluated so far; promote_candidate confirms it
+    # against the pointer as it is when writing (metrics.json is rewritten if that changed it).
+    decision = decide(metrics, evaluation.champion_metrics, force=settings.force,
+                      floor=settings.min_val_accuracy,
+                      champion_problem=evaluation.champion_problem)
     record = {
         "model_version": model_version,
         "model_uri": model_uri,
@@ -269,15 +288,32 @@ def publish_candidate(settings: RetrainSettings, data: PreparedData, result: Tra
         "settings": settings.public_dict(),
         "run_key": settings.run_key(),
     }
-    write_json(join(folder, "metrics.json"), record, so)
-    pointer = None
-    if decision.promote:
-        pointer = promote(settings.registry, model_version=model_version, model_uri=model_uri,
-                          metrics=metrics, decision=decision, previous=evaluation.champion,
-                          run_key=settings.run_key(), storage_options=so)
-    logger.info("published %s; %s", folder,
-                f"production.json now points to it ({decision.reason})" if decision.promote
-                else f"production unchanged ({decision.reason})")
+    write_json(join(folder, "metrics.json"), record, so)  # the folder is complete from here
+    promotion = promote_candidate(
+        settings.registry, Candidate(model_version, model_uri, metrics, settings.run_key()),
+        champion=evaluation.champion, champion_metrics=evaluation.champion_metrics,
+        champion_problem=evaluation.champion_problem,
+        evaluate_champion=lambda pointer: champion_metrics(settings, data, pointer)[:2],
+        force=settings.force, floor=settings.min_val_accuracy, storage_options=so)
+    pointer = promotion.pointer
+    moved = (promotion.champion or {}).get("model_version") != \
+        (evaluation.champion or {}).get("model_version")
+    if promotion.decision != decision or moved:
+        decision = promotion.decision
+        record.update({
+            "production_metrics_same_split": promotion.champion_metrics and {
+                k: promotion.champion_metrics[k] for k in ("val_accuracy", "val_macro_f1")},
+            "production_model_version": (promotion.champion or {}).get("model_version"),
+            "promoted": decision.promote,
+            "decision": decision.reason,
+            "promotion_conflicts": promotion.conflicts,
+        })
+        write_json(join(folder, "metrics.json"), record, so)
+    outcome = (f"production.json now points to it ({decision.reason})" if decision.promote
+               else f"production unchanged ({decision.reason})")
+    below_floor = metrics["val_accuracy"] < settings.min_val_accuracy
+    notable = decision.forced or (below_floor and not decision.promote)  # forced, or floored
+    logger.log(logging.WARNING if notable else logging.INFO, "published %s; %s", folder, outcome)
     create_table_artifact(table=metrics_table(metrics), key="retrain-metrics",
                           description=f"{title}; promoted: {decision.promote}")
     create_markdown_artifact(markdown=_confusion_markdown(metrics, decision),

@@ -11,7 +11,6 @@ from video_fixtures import decode_frames, needs_encoder
 from emotion_model.labels import EMOTION_LABELS, parse_crema_d, parse_ravdess
 from emotion_model.sample_data import (
     EMOTION_CODES,
-    make_demo_videos,
     make_sample_dataset,
     render_face_clip,
 )
@@ -96,10 +95,14 @@ def test_sample_dataset_rejects_too_many_takes(tmp_path: Path) -> None:
         make_sample_dataset(tmp_path, actors=1, layout="affectnet")  # type: ignore[arg-type]
 
 
-def test_make_demo_videos(tmp_path: Path) -> None:
-    paths = make_demo_videos(tmp_path, n=2)
-    assert [p.name for p in paths] == ["demo_01.mp4", "demo_02.mp4"]
-    decoded, times = decode_frames(paths[1])
-    assert len(decoded) == 150
-    assert decoded[0].shape == (240, 320, 3)
-    assert times[-1] == pytest.approx(149 / 25, abs=1e-3)
+def test_first_actor_adds_new_faces_that_match_a_larger_render(tmp_path: Path) -> None:
+    kwargs = {"layout": "ravdess", "emotions": ("happy",), "seconds": 0.2, "fps": 10,
+              "size": (32, 32)}
+    both = make_sample_dataset(tmp_path / "all", actors=3, **kwargs)
+    third = make_sample_dataset(tmp_path / "third", actors=1, first_actor=3, **kwargs)
+    assert [p.name for p in third] == ["02-01-03-01-01-01-03.mp4"]  # 03: happy
+    assert third[0].parent.name == "Actor_03"
+    assert decode_frames(third[0])[0][0].tobytes() == decode_frames(both[2])[0][0].tobytes()
+    assert decode_frames(both[0])[0][0].tobytes() != decode_frames(third[0])[0][0].tobytes()
+    with pytest.raises(ValueError, match=r"actors 99\.\.100 must be within 1\.\.99"):
+        make_sample_dataset(tmp_path / "x", actors=2, first_actor=99, **kwargs)

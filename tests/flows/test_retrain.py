@@ -183,6 +183,25 @@ def test_killed_training_resumes_to_the_same_model(small_data: Path, tmp_path: P
     assert strip[0] == strip[1]
 
 
+def test_a_model_that_learned_nothing_is_published_not_promoted(small_data: Path,
+                                                               tmp_path: Path) -> None:
+    """The observed failure, cheaply: a learning rate too small to learn anything ends near
+    chance (1/6); the floor keeps it out of an empty registry. Early stopping (patience 1)
+    could not stop it before the warm-up (ceil(0.3 x 4) = 2 epochs) plus patience."""
+    registry = tmp_path / "registry"
+    summary = retrain(sources=[str(small_data)], registry=str(registry),
+                      **{**RECIPE, "lr": 1e-7, "epochs": 4, "patience": 1})
+    accuracy = summary["metrics"]["val_accuracy"]
+    assert accuracy < 0.4 and not summary["promoted"] and summary["pointer"] is None
+    assert summary["decision"] == (f"candidate accuracy {accuracy:.3f} is below the floor 0.40 "
+                                   "(chance is 0.167): published, not promoted")
+    assert not (registry / "production.json").exists()
+    metrics = json.loads((registry / summary["model_version"] / "metrics.json").read_text())
+    assert metrics["promoted"] is False and metrics["decision"] == summary["decision"]
+    assert (registry / summary["model_version"] / "model.safetensors").stat().st_size > 0
+    assert summary["metrics"]["epochs_run"] >= 3  # never before warm-up (2) + patience (1)
+
+
 # --- parameters ----------------------------------------------------------------------------------
 BAD_VALUES: list[tuple[str, Any]] = [
     ("sources", []),
@@ -210,6 +229,7 @@ BAD_VALUES: list[tuple[str, Any]] = [
     ("pretrained", ""),
     ("resume", "perhaps"),
     ("force", "perhaps"),
+    ("min_val_accuracy", 1.5),
     ("device", "tpu"),
     ("decode_threads", 0),
     ("storage_options", "endpoint=http://x"),

@@ -8,12 +8,14 @@ import pytest
 
 import tasks.errors as errors_module
 from tasks.errors import (
+    CheckpointInUseError,
     InvalidSettingsError,
     ManifestError,
     NoDaskWorkersError,
     NoTrainingDataError,
     OutputNotWritableError,
     PipelineError,
+    RegistryBusyError,
     RegistryError,
     RunFailedError,
     SourceNotFoundError,
@@ -22,6 +24,7 @@ from tasks.errors import (
 
 ABOUT_OBJECT: list[type[PipelineError]] = [
     SourceNotFoundError, OutputNotWritableError, ManifestError, RegistryError,
+    RegistryBusyError, CheckpointInUseError,
 ]
 """Errors about one object: built from ``(uri, reason)``, the message starts with the URI."""
 
@@ -39,6 +42,8 @@ BUILTIN: dict[type[PipelineError], type[Exception]] = {
     RegistryError: ValueError,
     NoDaskWorkersError: RuntimeError,
     RunFailedError: RuntimeError,
+    RegistryBusyError: RuntimeError,
+    CheckpointInUseError: RuntimeError,
 }
 """The builtin each class promises (the CLI exits 2 for a ValueError, 1 for anything else)."""
 

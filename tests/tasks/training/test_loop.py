@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from tasks.training.loop import augment, eval_frames
+from tasks.training.loop import augment, eval_frames, warmup_epochs
 from tasks.training.settings import RetrainSettings
 
 
@@ -60,3 +60,8 @@ def test_initial_model_from_init_and_from_kinetics(tmp_path: Path) -> None:
                                           pretrained=str(tmp_path / "SLOWFAST_8x8_R50.pyth")))
     state = model.state_dict()
     assert all(torch.equal(state[f"backbone.{k}"], v) for k, v in kinetics.items())
+
+
+def test_early_stopping_waits_for_the_warm_up() -> None:
+    """Patience counts from the epoch after the one-cycle warm-up (30% of the epochs, up)."""
+    assert [warmup_epochs(n) for n in (1, 2, 4, 10, 20, 60)] == [1, 1, 2, 3, 6, 18]

@@ -135,3 +135,30 @@ def test_prepare_data_without_labelled_videos_fails(prefect_server: None, tmp_pa
     assert str(folder) in str(raised.value) and "\n" not in str(raised.value)
     assert isinstance(raised.value, ValueError)
     assert not (tmp_path / "registry").exists()  # nothing decoded, no cache written
+
+
+def test_prepare_data_refuses_a_class_without_training_videos_before_decoding(
+    prefect_server: None, faces: Path, tmp_path: Path
+) -> None:
+    """No disgust video at all: the model could never learn it; said before any decoding."""
+    folder = tmp_path / "no-disgust"
+    folder.mkdir()
+    for video in faces.rglob("*.mp4"):
+        if "_DIS_" not in video.name:
+            (folder / video.name).write_bytes(video.read_bytes())
+    settings = settings_for([str(folder)], tmp_path / "registry")
+    with pytest.raises(NoTrainingDataError, match=r"^no training video of disgust \(training "
+                                                  r"side: .*\): the model could never learn it"):
+        prepare_in_a_flow(settings)
+    assert not (tmp_path / "registry").exists()  # refused before the clip cache
+
+
+def test_prepare_data_refuses_fewer_training_clips_than_a_batch(
+    prefect_server: None, faces: Path, tmp_path: Path
+) -> None:
+    """24 training videos of one clip each cannot fill a batch of 32."""
+    settings = settings_for([str(faces)], tmp_path / "registry").model_copy(
+        update={"batch_size": 32})
+    with pytest.raises(NoTrainingDataError, match=r"^24 training clips are fewer than one "
+                                                  r"batch \(32\)"):
+        prepare_in_a_flow(settings)
