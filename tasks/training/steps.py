@@ -271,11 +271,7 @@ def publish_candidate(settings: RetrainSettings, data: PreparedData, result: Tra
         "history": result.history,
         "device": result.device,
         "batch_size": result.batch_size,
-        "production_metrics_same_split": evaluation.champion_metrics and {
-            k: evaluation.champion_metrics[k] for k in ("val_accuracy", "val_macro_f1")},
-        "production_model_version": (evaluation.champion or {}).get("model_version"),
-        "promoted": decision.promote,
-        "decision": decision.reason,
+        **_decision_fields(evaluation.champion, evaluation.champion_metrics, decision),
         "notes": evaluation.notes,
         "data": data.report.as_dict(),
         "data_fingerprint": data.fingerprint,
@@ -300,14 +296,8 @@ def publish_candidate(settings: RetrainSettings, data: PreparedData, result: Tra
         (evaluation.champion or {}).get("model_version")
     if promotion.decision != decision or moved:
         decision = promotion.decision
-        record.update({
-            "production_metrics_same_split": promotion.champion_metrics and {
-                k: promotion.champion_metrics[k] for k in ("val_accuracy", "val_macro_f1")},
-            "production_model_version": (promotion.champion or {}).get("model_version"),
-            "promoted": decision.promote,
-            "decision": decision.reason,
-            "promotion_conflicts": promotion.conflicts,
-        })
+        record.update(_decision_fields(promotion.champion, promotion.champion_metrics, decision),
+                      promotion_conflicts=promotion.conflicts)
         write_json(join(folder, "metrics.json"), record, so)
     outcome = (f"production.json now points to it ({decision.reason})" if decision.promote
                else f"production unchanged ({decision.reason})")
@@ -322,6 +312,19 @@ def publish_candidate(settings: RetrainSettings, data: PreparedData, result: Tra
             "promoted": decision.promote, "decision": decision.reason, "pointer": pointer,
             "metrics": {k: record[k] for k in ("val_accuracy", "val_macro_f1", "n_val",
                                                "epochs_run", "best_epoch")}}
+
+
+def _decision_fields(champion: dict[str, Any] | None, champion_metrics: dict[str, Any] | None,
+                     decision: Decision) -> dict[str, Any]:
+    """The ``metrics.json`` fields that record production (as compared against) and the
+    decision."""
+    return {
+        "production_metrics_same_split": champion_metrics and {
+            k: champion_metrics[k] for k in ("val_accuracy", "val_macro_f1")},
+        "production_model_version": (champion or {}).get("model_version"),
+        "promoted": decision.promote,
+        "decision": decision.reason,
+    }
 
 
 def _deployment_bytes(settings: RetrainSettings, data: PreparedData, result: TrainResult,
