@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from emotion_model.checkpoint import load_deployment
+from emotion_model.face_clips import CropSpec, FaceTrackInfo
 from emotion_model.labels import EMOTION_LABELS
 from emotion_model.model import EmotionClassifier
 from emotion_model.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize
-from emotion_model.video import ClipReader, VideoSource
+from emotion_model.video import Clip, ClipReader, VideoSource
 
 DeviceName = Literal["auto", "cpu", "cuda"] | str
 
@@ -60,6 +61,8 @@ class Predictor:
         self.mean = tuple(meta.get("mean") or IMAGENET_MEAN)
         self.std = tuple(meta.get("std") or IMAGENET_STD)
         self.model_version = str(meta.get("model_version", "unversioned"))
+        self.crop = CropSpec.from_metadata(meta)
+        """Whole frames or face crops, as the model was trained (``crop`` in its metadata)."""
         self.metadata = meta
         cuda = self.device.type == "cuda"
         self.amp = cuda if amp is None else amp
@@ -98,7 +101,8 @@ class Predictor:
 
 @dataclass(frozen=True)
 class ClipPrediction:
-    """One clip's label, confidence (its top probability) and all probabilities."""
+    """One clip's label, confidence (its top probability) and all probabilities; in face
+    mode, the face track it follows and its mean box (fractions of the frame)."""
 
     index: int
     start_s: float
@@ -106,21 +110,42 @@ class ClipPrediction:
     label: str
     confidence: float
     probabilities: dict[str, float]
+    face_id: int = -1
+    face_box: tuple[float, float, float, float] | None = None
+    face_score: float | None = None
+
+
+@dataclass(frozen=True)
+class FacePrediction:
+    """One face track: when and where it was seen, and the mean of its clips' probabilities."""
+
+    face_id: int
+    first_s: float
+    last_s: float
+    box: tuple[float, float, float, float]
+    clips: int
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
 
 
 @dataclass(frozen=True)
 class VideoPrediction:
-    """Every clip of a video, plus the video-level label from the mean of clip probabilities."""
+    """Every clip of a video, plus the video-level label: the mean of the clips'
+    probabilities (whole frames), or the longest face track's (face crops; None when no face
+    was found)."""
 
     uri: str
     clips: list[ClipPrediction]
-    label: str
-    confidence: float
-    probabilities: dict[str, float]
+    label: str | None
+    confidence: float | None
+    probabilities: dict[str, float] | None
     duration_s: float
     partial: bool
     partial_reason: str | None
     model_version: str
+    crop: str = "frame"
+    faces: list[FacePrediction] = field(default_factory=list)
 
 
 def label_probabilities(
@@ -129,6 +154,34 @@ def label_probabilities(
     """float ``[C]`` -> (top label, its probability, ``{label: probability}``)."""
     top = int(np.argmax(probs))
     return labels[top], float(probs[top]), {k: float(v) for k, v in zip(labels, probs, strict=True)}
+
+
+def face_predictions(
+    face_ids: Sequence[int],
+    probs: np.ndarray,
+    tracks: Sequence[FaceTrackInfo],
+    labels: Sequence[str],
+) -> list[FacePrediction]:
+    """Per face track of ``tracks``: the mean of its clips' probabilities (``face_ids[i]`` is
+    clip ``i``'s track, ``probs[i]`` its probabilities). Tracks without a clip are left out."""
+    ids = np.asarray(face_ids)
+    out = []
+    for track in tracks:
+        mine = ids == track.face_id
+        if not mine.any():
+            continue
+        label, conf, named = label_probabilities(probs[mine].mean(axis=0), labels)
+        out.append(FacePrediction(track.face_id, track.first_s, track.last_s, track.box,
+                                  int(mine.sum()), label, conf, named))
+    return out
+
+
+def main_face(faces: Sequence[FacePrediction]) -> FacePrediction | None:
+    """The longest-seen face track (then the one with more clips, then the lower id): it
+    labels the video in face mode."""
+    if not faces:
+        return None
+    return min(faces, key=lambda f: (-(f.last_s - f.first_s), -f.clips, f.face_id))
 
 
 def predict_video(
@@ -140,26 +193,34 @@ def predict_video(
     stride_seconds: float | None = None,
     batch_size: int | None = None,
     device: DeviceName = "auto",
+    detect_fps: float | None = None,
+    max_faces: int = 4,
 ) -> VideoPrediction:
     """Predict every clip of one video (path, bytes or file object) and their mean.
 
-    ``metadata`` (from ``load_deployment``) gives labels, frames per clip, size and
-    normalization; without it the model card's defaults apply (48 frames, 112 px, ImageNet).
-    Raises the typed errors of ``emotion_model.video`` for a video that gives no clip.
+    ``metadata`` (from ``load_deployment``) gives labels, frames per clip, size, normalization
+    and the crop (whole frame, or faces: then one set of clips per face track, at most
+    ``max_faces``, detected at ``detect_fps`` or the model's rate); without it the model
+    card's defaults apply (48 frames, 112 px, ImageNet, whole frame). Raises the typed errors
+    of ``emotion_model.video`` for a video that gives no clip.
     """
     predictor = model if isinstance(model, Predictor) else Predictor(
         model, metadata, device=device
     )
+    crop = predictor.crop.with_detect_fps(detect_fps)
     reader = ClipReader(
         source,
         num_frames=predictor.num_frames,
         img_size=predictor.img_size,
         clip_seconds=clip_seconds,
         stride_seconds=stride_seconds,
+        crop=crop,
+        max_faces=max_faces,
     )
     batch_size = batch_size or predictor.preferred_batch_size
-    clips, probs = [], []
-    pending = []
+    clips: list[Clip] = []
+    probs = []
+    pending: list[Clip] = []
     for clip in reader:
         pending.append(clip)
         if len(pending) == batch_size:
@@ -169,14 +230,27 @@ def predict_video(
     if pending:
         probs.append(predictor.probabilities(np.stack([c.frames for c in pending])))
         clips += pending
-    all_probs = np.concatenate(probs)
+    info = reader.info
     labels = predictor.labels
+    all_probs = np.concatenate(probs) if probs else np.zeros((0, len(labels)), np.float32)
+    if crop.mode == "face":
+        kept = {t.face_id for t in info.faces}  # at most max_faces tracks
+        keep = np.array([c.face_id in kept for c in clips], bool)
+        clips = [c for c, k in zip(clips, keep, strict=True) if k]
+        all_probs = all_probs[keep] if len(keep) else all_probs
     per_clip = []
     for clip, p in zip(clips, all_probs, strict=True):
         label, conf, named = label_probabilities(p, labels)
-        per_clip.append(ClipPrediction(clip.index, clip.start_s, clip.end_s, label, conf, named))
-    label, conf, named = label_probabilities(all_probs.mean(axis=0), labels)
-    info = reader.info
+        per_clip.append(ClipPrediction(clip.index, clip.start_s, clip.end_s, label, conf, named,
+                                       clip.face_id, clip.face_box, clip.face_score))
+    faces: list[FacePrediction] = []
+    if crop.mode == "face":
+        faces = face_predictions([c.face_id for c in clips], all_probs, info.faces, labels)
+        main = main_face(faces)
+        label, conf, named = (main.label, main.confidence, main.probabilities) if main else (
+            None, None, None)
+    else:
+        label, conf, named = label_probabilities(all_probs.mean(axis=0), labels)
     return VideoPrediction(
         uri=info.uri,
         clips=per_clip,
@@ -187,4 +261,6 @@ def predict_video(
         partial=info.partial,
         partial_reason=info.partial_reason,
         model_version=predictor.model_version,
+        crop=crop.mode,
+        faces=faces,
     )

@@ -4,34 +4,43 @@
 
     path | file object
         -> PyAV demux + threaded decode (every frame once, no seeking)
-        -> clip windows (_ClipAssembler): [k * stride, k * stride + clip_seconds), opened as
-           time advances (or one window for a short video)
+        -> clip windows (emotion_model.clip_windows): [k * stride, k * stride + clip_seconds),
+           opened as time advances; a video shorter than one clip is one clip over its length
         -> per window, num_frames target times spread uniformly; each takes the frame on screen
            at that time (presentation time, so variable frame rates sample correctly)
-        -> swscale resize + RGB conversion of the chosen frames only
-        -> Clip(frames uint8 [T, H, W, 3] in 0..255, start_s, end_s)
+        -> crop="frame": swscale resize + RGB conversion of the chosen frames only
+           crop="face": faces detected and tracked in the same pass, one clip per face track
+           cut around the face (emotion_model.face_clips)
+        -> Clip(frames uint8 [T, H, W, 3] in 0..255, start_s, end_s[, face_id, face_box])
 
-Memory is bounded by the open windows (at most ceil(clip / stride) + 1 clips of small frames),
-whatever the video's length or resolution. Failures are typed (``emotion_model.errors``): an
-empty file, data that is not a readable container, no video stream, zero decodable frames. A
-video whose data breaks off part way keeps the clips decoded before the break and reports
-``partial=True`` with the reason; so does one with corrupt packets in the middle, whose bad
-packets (and frames the decoder flags corrupt) are skipped: the frame before them stays on screen.
+Memory is bounded by the open windows (at most ceil(clip / stride) + 1 clips of small frames;
+in face mode, references to the decoded frames the targets take, held until the faces' boxes
+over them are final), whatever the video's length or resolution. Failures are typed
+(``emotion_model.errors``): an empty file, data that is not a readable container, no video
+stream, zero decodable frames. A video whose data breaks off part way keeps the clips decoded
+before the break and reports ``partial=True`` with the reason; so does one with corrupt packets
+in the middle, whose bad packets (and frames the decoder flags corrupt) are skipped: the frame
+before them stays on screen.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 import av
 import numpy as np
 
+from emotion_model.clip_windows import (
+    Clip,
+    ClipAssembler,
+    plan_targets,
+    plan_window_starts,
+)
 from emotion_model.errors import (
     CorruptVideoError,
     EmptyVideoError,
@@ -39,6 +48,10 @@ from emotion_model.errors import (
     NoVideoStreamError,
     one_line,
 )
+from emotion_model.face_clips import FRAME_CROP, CropSpec, FaceClipAssembler, FaceTrackInfo
+
+if TYPE_CHECKING:
+    from emotion_model.faces import FaceDetector
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +65,6 @@ _IMAGE_FORMATS = {"image2", "image2pipe", "mjpeg_2000", "apng"}
 _TEXT_FORMATS = {"tty", "bin", "xbin", "adf", "idf"}
 # Corrupt packets skipped before a stream is given up as garbage (decoding stops, partial).
 _MAX_BAD_PACKETS = 500
-
-
-@dataclass(frozen=True)
-class Clip:
-    """One clip: ``frames`` uint8 ``[T, H, W, 3]`` RGB in 0..255, seconds from the first frame."""
-
-    index: int
-    start_s: float
-    end_s: float
-    frames: np.ndarray
 
 
 @dataclass
@@ -78,136 +81,11 @@ class VideoInfo:
     clips: int = 0
     partial: bool = False
     partial_reason: str | None = None
-
-
-@dataclass
-class _Window:
-    index: int
-    start: float  # seconds from the first frame
-    end: float
-    targets: np.ndarray  # [T] target times, ascending
-    frames: list[np.ndarray | None] = field(default_factory=list)
-    filled: int = 0
-
-
-def plan_window_starts(
-    duration: float | None, clip_seconds: float, stride_seconds: float
-) -> list[float]:
-    """Window starts for a video of ``duration`` seconds (from its metadata).
-
-    Windows of ``clip_seconds`` every ``stride_seconds`` that fit in the video, plus one window
-    aligned to the end when the uncovered tail is at least half a stride. A video shorter
-    than one clip gets ``[0.0]`` (then sampled over its real length). Unknown duration: ``[]``
-    (windows are then opened as the frames arrive).
-    """
-    if duration is None:
-        return []
-    if duration < clip_seconds:
-        return [0.0]
-    count = int(math.floor((duration - clip_seconds) / stride_seconds + 1e-6)) + 1
-    starts = [float(k * stride_seconds) for k in range(count)]
-    tail = duration - (starts[-1] + clip_seconds)
-    if tail >= stride_seconds / 2 - 1e-6:
-        starts.append(duration - clip_seconds)
-    return starts
-
-
-def plan_targets(start: float, length: float, num_frames: int) -> np.ndarray:
-    """``num_frames`` times spread uniformly over ``[start, start + length)`` (bin centres)."""
-    return start + (np.arange(num_frames) + 0.5) * (length / num_frames)
-
-
-class _ClipAssembler:
-    """Turns the frames of one video, in presentation order, into clips.
-
-    Each window ``[start, start + clip_seconds)`` has ``num_frames`` target times; a target
-    takes the frame on screen at that time. The assembler owns the planned window starts,
-    the windows still open (at most ``ceil(clip / stride) + 1``), the frame on screen and its
-    image (resized once, and only when a target or the caller wants it), and the count of
-    clips emitted. With ``open_ended`` (unknown duration) a window opens every
-    ``stride_seconds`` for as long as frames come; the planned starts are then empty.
-    """
-
-    def __init__(
-        self,
-        starts: list[float],
-        *,
-        open_ended: bool,
-        clip_seconds: float,
-        stride_seconds: float,
-        num_frames: int,
-        img_size: int,
-        interpolation: str,
-        max_clips: int | None,
-    ) -> None:
-        self.starts = starts
-        self.open_ended = open_ended
-        self.clip_seconds = clip_seconds
-        self.stride_seconds = stride_seconds
-        self.num_frames = num_frames
-        self.img_size = img_size
-        self.interpolation = interpolation
-        self.max_clips = max_clips
-        self.windows: list[_Window] = []  # open, by index
-        self.next_window = 0  # index of the next window to open
-        self.emitted = 0
-        self._frame: av.VideoFrame | None = None
-        self._image: np.ndarray | None = None
-
-    @property
-    def done(self) -> bool:
-        """Whether ``max_clips`` clips have been emitted."""
-        return self.max_clips is not None and self.emitted >= self.max_clips
-
-    def show(self, frame: av.VideoFrame) -> None:
-        """Put ``frame`` on screen: targets from now on take it (resized when first taken)."""
-        self._frame, self._image = frame, None
-
-    def image(self) -> np.ndarray:
-        """The frame on screen as uint8 RGB ``[size, size, 3]``, converted on first use."""
-        if self._image is None:
-            assert self._frame is not None, "no frame on screen yet"
-            self._image = _to_rgb(self._frame, self.img_size, self.interpolation)
-        return self._image
-
-    def advance(self, until: float) -> Iterator[Clip]:
-        """The frame on screen stays there until ``until``: open the windows that start
-        before it, give the frame to their targets before it, and yield the windows filled."""
-        while self.next_window < len(self.starts) or self.open_ended:
-            k = self.next_window
-            start = self.starts[k] if k < len(self.starts) else k * self.stride_seconds
-            if start >= until:
-                break
-            targets = plan_targets(start, self.clip_seconds, self.num_frames)
-            self.windows.append(
-                _Window(k, start, start + self.clip_seconds, targets, [None] * self.num_frames)
-            )
-            self.next_window += 1
-        yield from self._fill(list(self.windows), until)
-
-    def finish(self, end: float, frame_dt: float, *, cut: bool) -> Iterator[Clip]:
-        """The video ends at ``end`` (the last frame stays on screen for ``frame_dt``).
-
-        Fills the targets before ``end``; then a window that ends within half a frame of
-        ``end`` is complete, its last targets taking the last frame, unless the data was
-        ``cut`` by an error. Other windows stay open, unfilled.
-        """
-        yield from self.advance(end)
-        if not cut:
-            last = [w for w in self.windows if w.end <= end + frame_dt / 2 + 1e-6]
-            yield from self._fill(last, math.inf)
-
-    def _fill(self, windows: list[_Window], until: float) -> Iterator[Clip]:
-        """Give the frame on screen to each window's targets before ``until``; a window
-        whose targets are all filled is closed and yielded as a Clip."""
-        for win in windows:
-            while win.filled < self.num_frames and win.targets[win.filled] < until:
-                win.frames[win.filled] = self.image()
-                win.filled += 1
-            if win.filled == self.num_frames:
-                self.windows.remove(win)
-                self.emitted += 1
-                yield Clip(win.index, win.start, win.end, np.stack(win.frames))  # type: ignore[arg-type]
+    crop: str = "frame"
+    faces: list[FaceTrackInfo] = field(default_factory=list)
+    """Face mode: the face tracks kept (at most ``max_faces``), by ``face_id``."""
+    detect_s: float = 0.0
+    """Face mode: seconds spent in face detection (its conversions included)."""
 
 
 class ClipReader:
@@ -222,7 +100,11 @@ class ClipReader:
         uri: name used in error messages (defaults to the path).
         threads: decoder threads (0: FFmpeg chooses); ``thread_type`` picks frame/slice threads.
         interpolation: swscale filter for the resize.
-        max_clips: stop after this many clips (None: all).
+        max_clips: stop after this many clip windows (None: all).
+        crop: ``FRAME_CROP`` (the whole frame, resized) or a face ``CropSpec``: then each clip
+            window gives one clip per face track (``Clip.face_id``), cut around the face.
+        max_faces: face tracks kept per video, the largest and longest first (face mode).
+        detector: a ``FaceDetector`` to reuse (face mode; default: one made for the reader).
 
     Raises (when iterated): EmptyVideoError, CorruptVideoError, NoVideoStreamError,
     NoDecodableFramesError.
@@ -241,6 +123,9 @@ class ClipReader:
         thread_type: ThreadType = "AUTO",
         interpolation: Interpolation = "BILINEAR",
         max_clips: int | None = None,
+        crop: CropSpec = FRAME_CROP,
+        max_faces: int = 4,
+        detector: FaceDetector | None = None,
     ) -> None:
         if num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
@@ -260,8 +145,14 @@ class ClipReader:
         self.thread_type = thread_type
         self.interpolation = interpolation
         self.max_clips = max_clips
+        if max_faces < 1:
+            raise ValueError(f"max_faces must be >= 1, got {max_faces}")
+        self.crop = crop
+        self.max_faces = max_faces
+        self.detector = detector
         name = uri or (os.fspath(source) if isinstance(source, str | os.PathLike) else None)
-        self.info = VideoInfo(uri=name or getattr(source, "name", None) or "<video>")
+        self.info = VideoInfo(uri=name or getattr(source, "name", None) or "<video>",
+                              crop=crop.mode)
 
     # -- opening ----------------------------------------------------------------------------
     def _open(self) -> av.container.InputContainer:
@@ -330,6 +221,18 @@ class ClipReader:
         info.codec, info.width, info.height = ctx.name, ctx.width, ctx.height
         return stream
 
+    def _assembler(self, starts: list[float], open_ended: bool) -> ClipAssembler:
+        """Whole frames, or (``crop`` in face mode) one clip per face track."""
+        kwargs: dict[str, Any] = dict(
+            open_ended=open_ended, clip_seconds=self.clip_seconds,
+            stride_seconds=self.stride_seconds, num_frames=self.num_frames,
+            img_size=self.img_size, interpolation=self.interpolation, max_clips=self.max_clips,
+        )
+        if self.crop.mode == "face":
+            return FaceClipAssembler(starts, crop=self.crop, max_faces=self.max_faces,
+                                     detector=self.detector, info=self.info, **kwargs)
+        return ClipAssembler(starts, **kwargs)
+
     def _decode(self, container: av.container.InputContainer) -> Iterator[Clip]:
         """Decode front to back, timing each frame from the first; yield each clip once its
         window is full, then, at the end, the windows the last frame completes."""
@@ -338,21 +241,16 @@ class ClipReader:
         meta_duration = _metadata_duration(container, stream)
         rate = stream.average_rate or stream.guessed_rate
         nominal_dt = 1.0 / float(rate) if rate else None
-        # Short (or unknown-length) videos: keep every small frame of the first clip_seconds,
-        # so a video shorter than one clip is sampled over its real length.
-        keep_all = meta_duration is None or meta_duration < self.clip_seconds + 1e-3
-        kept: list[tuple[float, np.ndarray]] = []
-        starts = plan_window_starts(meta_duration, self.clip_seconds, self.stride_seconds)
-        assembler = _ClipAssembler(
-            starts,
-            open_ended=meta_duration is None,
-            clip_seconds=self.clip_seconds,
-            stride_seconds=self.stride_seconds,
-            num_frames=self.num_frames,
-            img_size=self.img_size,
-            interpolation=self.interpolation,
-            max_clips=self.max_clips,
-        )
+        # A video shorter than one clip (by its metadata) is one clip over its real length,
+        # known at its end: keep its frames (references, converted only when sampled), and
+        # open no window unless the data turns out to last a whole clip after all. Unknown
+        # length: windows open as frames come, and the first clip_seconds are kept too.
+        short = meta_duration is not None and meta_duration < self.clip_seconds + 1e-3
+        keep = meta_duration is None or short
+        kept = _KeptFrames()
+        starts = [] if short else plan_window_starts(
+            meta_duration, self.clip_seconds, self.stride_seconds)
+        assembler = self._assembler(starts, open_ended=meta_duration is None)
         bad = _BadData()
         t0: float | None = None
         prev_t: float | None = None  # time of the frame on screen, from the first frame
@@ -371,13 +269,18 @@ class ClipReader:
                         continue  # a duplicate or out-of-order timestamp: keep the first frame
                     diffs.append(rel - prev_t)
                     yield from assembler.advance(rel)
+                    if short and assembler.emitted == 0 and rel >= self.clip_seconds:
+                        # longer than its metadata said: the first clip_seconds are one clip
+                        yield from assembler.whole_video(kept.frames, self.clip_seconds)
+                        keep = False
+                        kept.clear()
                     if assembler.done:
                         break
                 prev_t = rel
-                assembler.show(frame)
+                yield from assembler.show(frame, rel)
                 info.frames_decoded += 1
-                if keep_all and rel < self.clip_seconds:
-                    kept.append((rel, assembler.image()))
+                if keep and rel < self.clip_seconds:
+                    kept.add(rel, frame)
         except av.error.FFmpegError as exc:
             error = one_line(exc, 300)
         except (MemoryError, OSError) as exc:
@@ -391,15 +294,14 @@ class ClipReader:
         frame_dt = float(np.median(diffs)) if diffs else (nominal_dt or 0.0)
         end = prev_t + frame_dt
         info.duration_s = float(end)
-        emitted = assembler.emitted
         if not assembler.done:
             yield from assembler.finish(end, frame_dt, cut=error is not None)
-            emitted = assembler.emitted
-            if emitted == 0:
-                yield self._whole_video_clip(kept, end, assembler)
-                emitted = 1
-        info.clips = emitted
-        self._note_partial(end, meta_duration, len(starts), error, bad)
+            if assembler.emitted == 0:
+                yield from assembler.whole_video(kept.frames, end)
+        kept.clear()
+        yield from assembler.flush(end)
+        info.clips = assembler.emitted
+        self._note_partial(end, meta_duration, max(len(starts), int(short)), error, bad)
 
     def _note_partial(
         self,
@@ -428,22 +330,36 @@ class ClipReader:
         if info.partial:
             log.info("%s: partly decoded: %s", info.uri, info.partial_reason)
 
-    def _whole_video_clip(
-        self, kept: list[tuple[float, np.ndarray]], end: float, assembler: _ClipAssembler
-    ) -> Clip:
-        """One clip spread over the whole (short) video, when no window was emitted."""
-        if kept:
-            times = np.array([t for t, _ in kept])
-            targets = plan_targets(0.0, end, self.num_frames)
-            idx = np.clip(np.searchsorted(times, targets, side="right") - 1, 0, len(kept) - 1)
-            return Clip(0, 0.0, end, np.stack([kept[i][1] for i in idx]))
-        # Metadata promised a longer video than the data holds: resample what window 0 got.
-        windows = assembler.windows
-        got = [f for f in (windows[0].frames if windows else []) if f is not None]
-        if not got:
-            got = [assembler.image()]
-        idx = np.round(np.linspace(0, len(got) - 1, self.num_frames)).astype(int)
-        return Clip(0, 0.0, end, np.stack([got[i] for i in idx]))
+
+
+class _KeptFrames:
+    """The frames of a short video, by time, kept as decoded (nothing converted) until the
+    video's length is known. Past ``budget`` bytes every other one is dropped (and then every
+    other one of those arriving), so a short 4K video cannot hold gigabytes."""
+
+    def __init__(self, budget: int = 256 * 1024 * 1024) -> None:
+        self.frames: list[tuple[float, Any]] = []
+        self.budget = budget
+        self.step = 1  # keep one frame in `step`
+        self._seen = 0
+        self._bytes = 0
+
+    def add(self, t: float, frame: av.VideoFrame) -> None:
+        """Keep ``frame`` shown at ``t`` (unless thinned out)."""
+        self._seen += 1
+        if (self._seen - 1) % self.step:
+            return
+        self.frames.append((t, frame))
+        self._bytes += sum(p.buffer_size for p in frame.planes)
+        if self._bytes > self.budget and len(self.frames) > 2:
+            self.frames = self.frames[::2]
+            self._bytes //= 2
+            self.step *= 2
+
+    def clear(self) -> None:
+        """Drop every kept frame."""
+        self.frames = []
+        self._bytes = 0
 
 
 @dataclass
@@ -504,16 +420,6 @@ def _good_frames(
             yield frame
 
 
-def _to_rgb(frame: av.VideoFrame, size: int, interpolation: str) -> np.ndarray:
-    """Resize in swscale and convert to RGB: uint8 ``[size, size, 3]``, upright."""
-    image = frame.to_ndarray(width=size, height=size, format="rgb24", interpolation=interpolation)
-    rotation = getattr(frame, "rotation", 0) or 0
-    if rotation % 360:
-        # Display-matrix rotation is counter-clockwise; turn the picture upright.
-        image = np.ascontiguousarray(np.rot90(image, k=int(round(rotation / 90)) % 4))
-    return image
-
-
 def _metadata_duration(
     container: av.container.InputContainer, stream: av.VideoStream
 ) -> float | None:
@@ -539,3 +445,16 @@ def read_clips(
     reader = ClipReader(source, **kwargs)  # type: ignore[arg-type]
     clips = list(reader)
     return clips, reader.info
+
+
+__all__ = [
+    "FRAME_CROP",
+    "Clip",
+    "ClipReader",
+    "CropSpec",
+    "VideoInfo",
+    "VideoSource",
+    "plan_targets",
+    "plan_window_starts",
+    "read_clips",
+]

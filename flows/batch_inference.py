@@ -106,6 +106,8 @@ def batch_inference(
     output: str = "./outputs",
     clip_seconds: float = 4.0,
     stride_seconds: float | None = None,
+    detect_fps: float | None = None,
+    max_faces: int = 4,
     batch_size: int | None = None,
     shard_size: int = 64,
     device: str = "auto",

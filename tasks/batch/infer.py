@@ -4,12 +4,13 @@
 
     videos of one shard -> ShardRunner
         -> decode pool (settings.decode_threads threads, ShardRunner._decode_clips): read bytes
-           through fsspec (retried), emotion_model.video.ClipReader -> uint8 clips
+           through fsspec (retried), emotion_model.video.ClipReader -> uint8 clips (face
+           models: faces detected and tracked in the same pass, one clip per face track)
         -> bounded queue (2 x batch_size clips, >= 8: memory stays bounded) of messages:
            ClipDecoded per clip, then VideoDecoded or VideoFailed per video
         -> one consumer (ShardRunner._consume): batches of batch_size clips across videos ->
            Predictor (GPU: AMP, pinned memory; CPU: fp32) under torch.inference_mode()
-        -> ShardWriter: predictions / videos / errors, one atomic file per table
+        -> ShardWriter: predictions / faces / videos / errors, one atomic file per table
 
 Decode and compute overlap: the pool decodes the next clips while the model runs. A bad video
 becomes one ``errors`` row; only storage errors escape (and the Prefect task retries them).
@@ -37,7 +38,7 @@ from prefect.cache_policies import NO_CACHE
 
 from emotion_model.errors import LabelMismatchError, VideoError, one_line
 from emotion_model.labels import EMOTION_LABELS
-from emotion_model.predict import Predictor, label_probabilities
+from emotion_model.predict import Predictor, face_predictions, label_probabilities, main_face
 from emotion_model.video import Clip, ClipReader, VideoInfo
 from tasks.batch.planning import ShardPlan
 from tasks.batch.predictors import load_predictor
@@ -62,10 +63,14 @@ class ShardResult:
     succeeded: int = 0
     failed: int = 0
     partial: int = 0
+    no_face: int = 0
+    """Face models: videos decoded whole in which no face was found (succeeded, no label)."""
+    faces: int = 0
     clips: int = 0
     failed_by_stage: dict[str, int] = field(default_factory=dict)
     labels: dict[str, int] = field(default_factory=dict)
     decode_s: float = 0.0
+    detect_s: float = 0.0
     infer_s: float = 0.0
     wall_s: float = 0.0
     files: dict[str, Any] = field(default_factory=dict)
@@ -113,13 +118,30 @@ DecodeMessage = ClipDecoded | VideoDecoded | VideoFailed
 """What the queue carries: a video's clips, then its ``VideoDecoded`` or ``VideoFailed``."""
 
 
+@dataclass(frozen=True)
+class _ClipPlace:
+    """Where a clip is (its frames go with the batch): window, face track, seconds, box."""
+
+    index: int
+    face_id: int
+    start_s: float
+    end_s: float
+    face_box: tuple[float, float, float, float] | None
+    face_score: float | None
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """``(clip index, face_id)``: unique within a video."""
+        return self.index, self.face_id
+
+
 @dataclass
 class _VideoState:
     """What the consumer knows of one video while its clips are in flight."""
 
     video: VideoObject
-    clips: list[tuple[int, float, float]] = field(default_factory=list)  # index, start, end
-    probs: dict[int, np.ndarray] = field(default_factory=dict)  # clip index -> probabilities
+    clips: list[_ClipPlace] = field(default_factory=list)
+    probs: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)  # by _ClipPlace.key
     info: VideoInfo | None = None
     failure: VideoFailed | None = None
 
@@ -183,6 +205,7 @@ class ShardRunner:
             model_version=predictor.model_version,
         )
         self.labels = predictor.labels
+        self.crop = predictor.crop.with_detect_fps(settings.detect_fps)
         if tuple(self.labels) != EMOTION_LABELS:
             raise LabelMismatchError(f"model {predictor.model_version}",
                                      f"labels {list(self.labels)} differ from "
@@ -266,6 +289,8 @@ class ShardRunner:
             stride_seconds=self.settings.stride_seconds,
             uri=video.uri,
             threads=0,
+            crop=self.crop,
+            max_faces=self.settings.max_faces,
         )
         try:
             for clip in reader:
@@ -299,7 +324,8 @@ class ShardRunner:
         match message:
             case ClipDecoded(clip=clip):
                 # keep only the clip's place: its frames go with the batch
-                state.clips.append((clip.index, clip.start_s, clip.end_s))
+                state.clips.append(_ClipPlace(clip.index, clip.face_id, clip.start_s,
+                                              clip.end_s, clip.face_box, clip.face_score))
                 self._pending.append(message)
                 if len(self._pending) >= self.batch_size:
                     self._run_batch()
@@ -328,7 +354,7 @@ class ShardRunner:
                 state.failure = state.failure or VideoFailed.of(m.index, "infer", exc)
         else:
             for m, p in zip(batch, probs, strict=True):
-                self._states[m.index].probs[m.clip.index] = p
+                self._states[m.index].probs[(m.clip.index, m.clip.face_id)] = p
         self.result.infer_s += time.perf_counter() - t0
 
     def _finish_ready(self) -> None:
@@ -352,7 +378,9 @@ class ShardRunner:
         """Write video ``index``'s rows: clips and video, or its one error; True when it
         succeeded."""
         state = self._states[index]
-        if state.failure is None and (not state.clips or len(state.probs) != len(state.clips)):
+        no_face = self.crop.mode == "face" and not state.clips  # a result, not a failure
+        if state.failure is None and not no_face and (
+                not state.clips or len(state.probs) != len(state.clips)):
             state.failure = VideoFailed(index, "infer", "InferenceError",
                                         "no prediction for some clips")
         if state.failure is not None:
@@ -375,7 +403,9 @@ class ShardRunner:
         result.failed_by_stage[failure.stage] = result.failed_by_stage.get(failure.stage, 0) + 1
 
     def _record_video(self, state: _VideoState) -> None:
-        """One ``predictions`` row per clip and the ``videos`` row (the clips' mean)."""
+        """The ``predictions`` rows (one per clip), the ``faces`` rows (face models: one per
+        track kept) and the ``videos`` row: the clips' mean (whole frames) or the longest-seen
+        face's (faces; no label when no face was found)."""
         video, info = state.video, state.info
         assert info is not None
         common = {
@@ -384,27 +414,58 @@ class ShardRunner:
             "video_bytes": video.size,
             "video_duration_s": float(info.duration_s),
         }
-        probs = []
-        for clip_index, start_s, end_s in state.clips:
-            p = state.probs[clip_index]
-            probs.append(p)
+        places = state.clips
+        if self.crop.mode == "face":
+            kept = {t.face_id for t in info.faces}  # at most max_faces tracks
+            places = [c for c in places if c.face_id in kept]
+        probs = np.array([state.probs[c.key] for c in places], np.float32).reshape(
+            len(places), len(self.labels))
+        for place, p in zip(places, probs, strict=True):
             label, confidence, _ = label_probabilities(p, self.labels)
             self.writer.add_prediction(
-                **common, clip_index=clip_index, clip_start_s=start_s, clip_end_s=end_s,
-                label=label, confidence=confidence, **prob_columns(p),
+                **common, clip_index=place.index, clip_start_s=place.start_s,
+                clip_end_s=place.end_s, face_id=place.face_id, **_box_columns(place.face_box),
+                face_score=place.face_score, label=label, confidence=confidence,
+                **prob_columns(p),
             )
-        mean = np.mean(probs, axis=0)
-        label, confidence, _ = label_probabilities(mean, self.labels)
-        self.writer.add_video(
-            **common, num_clips=len(state.clips), partial=info.partial,
-            partial_reason=info.partial_reason, label=label, confidence=confidence,
-            **prob_columns(mean),
-        )
         result = self.result
+        video_columns: dict[str, Any]
+        if self.crop.mode == "face":
+            faces = face_predictions([c.face_id for c in places], probs, info.faces, self.labels)
+            for face in faces:
+                self.writer.add_face(
+                    **common, face_id=face.face_id, first_s=face.first_s, last_s=face.last_s,
+                    **_box_columns(face.box), num_clips=face.clips, label=face.label,
+                    confidence=face.confidence, **prob_columns(list(face.probabilities.values())),
+                )
+            main = main_face(faces)
+            video_columns = {"crop": "face", "faces": len(faces)}
+            if main is not None:
+                video_columns |= {"label": main.label, "confidence": main.confidence,
+                                  **prob_columns(list(main.probabilities.values()))}
+            result.faces += len(faces)
+            result.no_face += int(main is None)
+            label = main.label if main is not None else None
+        else:
+            label, confidence, _ = label_probabilities(probs.mean(axis=0), self.labels)
+            video_columns = {"crop": "frame", "label": label, "confidence": confidence,
+                             **prob_columns(probs.mean(axis=0))}
+        self.writer.add_video(
+            **common, num_clips=len(places), partial=info.partial,
+            partial_reason=info.partial_reason, **video_columns,
+        )
         result.succeeded += 1
         result.partial += int(info.partial)
-        result.clips += len(state.clips)
-        result.labels[label] = result.labels.get(label, 0) + 1
+        result.clips += len(places)
+        result.detect_s += info.detect_s
+        if label is not None:
+            result.labels[label] = result.labels.get(label, 0) + 1
+
+
+def _box_columns(box: tuple[float, float, float, float] | None) -> dict[str, float | None]:
+    """``face_x, face_y, face_w, face_h`` of ``box`` (all None without one)."""
+    values = box if box is not None else (None, None, None, None)
+    return dict(zip(("face_x", "face_y", "face_w", "face_h"), values, strict=True))
 
 
 def process_shard(
@@ -440,10 +501,13 @@ def merge_results(results: list[ShardResult]) -> dict[str, Any]:
         "succeeded": sum(r.succeeded for r in results),
         "failed": sum(r.failed for r in results),
         "partial": sum(r.partial for r in results),
+        "no_face": sum(r.no_face for r in results),
+        "faces": sum(r.faces for r in results),
         "clips": sum(r.clips for r in results),
         "failed_by_stage": dict(stages),
         "label_distribution": {k: labels.get(k, 0) for k in EMOTION_LABELS},
         "decode_s": round(sum(r.decode_s for r in results), 3),
+        "detect_s": round(sum(r.detect_s for r in results), 3),
         "infer_s": round(sum(r.infer_s for r in results), 3),
     }
 

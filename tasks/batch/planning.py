@@ -10,6 +10,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from emotion_model.errors import CheckpointError
+from emotion_model.face_clips import CropSpec
 from tasks.batch.predictors import load_predictor
 from tasks.batch.settings import BatchSettings
 from tasks.batch.sink import read_done_keys, sweep_orphan_predictions
@@ -31,6 +32,8 @@ class ModelInfo:
     num_frames: int
     img_size: int
     untrained: bool = False
+    crop: str = "frame"
+    """``"face"`` or ``"frame"``: how the model cuts its clips (its ``crop`` metadata)."""
 
 
 @dataclass
@@ -74,6 +77,14 @@ def preflight(settings: BatchSettings) -> ModelInfo:
         raise CheckpointError(uri, "no such model file") from exc
     check_writable(settings.output, settings.storage_options)
     meta = predictor.metadata
+    crop = predictor.crop
+    if crop.mode == "face":
+        installed = CropSpec.face(detector=crop.detector)
+        if installed.detector_version != crop.detector_version:
+            log.warning(
+                "model %s was trained with face detector %s %s; this install has %s: its "
+                "crops may differ slightly from the training ones", predictor.model_version,
+                crop.detector, crop.detector_version, installed.detector_version)
     return ModelInfo(
         uri=uri,
         model_version=predictor.model_version,
@@ -81,6 +92,7 @@ def preflight(settings: BatchSettings) -> ModelInfo:
         num_frames=predictor.num_frames,
         img_size=predictor.img_size,
         untrained=bool(meta.get("untrained", False)),
+        crop=crop.mode,
     )
 
 

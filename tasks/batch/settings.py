@@ -28,6 +28,15 @@ class BatchSettings(FlowSettings):
     stride_seconds: float | None = Field(
         default=None, gt=0, le=600, description="Seconds between window starts (default: clip)."
     )
+    detect_fps: float | None = Field(
+        default=None, gt=0, le=120,
+        description="Face models: face detections per second of video (default: the model's, "
+        "5); the first frame of every clip window is always looked at.",
+    )
+    max_faces: int = Field(
+        default=4, ge=1, le=64,
+        description="Face models: face tracks kept per video, the largest and longest first.",
+    )
     batch_size: int | None = Field(
         default=None, ge=1, le=1024,
         description="Clips per model call; default: the device's best (CPU 2, GPU 32).",

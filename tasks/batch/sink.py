@@ -2,7 +2,8 @@
 
 Layout under ``output`` (a local folder or an ``s3://`` prefix), as in DESIGN.md "Outputs"::
 
-    predictions/date=YYYY-MM-DD/<run_id>-<shard:05d>.parquet   one row per clip
+    predictions/date=YYYY-MM-DD/<run_id>-<shard:05d>.parquet   one row per clip (per face)
+    faces/date=YYYY-MM-DD/<run_id>-<shard:05d>.parquet         one row per face track
     videos/date=YYYY-MM-DD/<run_id>-<shard:05d>.parquet        one row per video
     errors/date=YYYY-MM-DD/<run_id>-<shard:05d>.parquet        one row per failed video
     runs/<run_id>.json                                         the run summary
@@ -37,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ERRORS_SCHEMA",
+    "FACES_SCHEMA",
     "PREDICTIONS_SCHEMA",
     "PROB_COLUMNS",
     "SCHEMAS",
@@ -56,7 +58,7 @@ __all__ = [
     "write_run_summary",
 ]
 
-TableName = Literal["predictions", "videos", "errors"]
+TableName = Literal["predictions", "faces", "videos", "errors"]
 TABLES: tuple[TableName, ...] = get_args(TableName)
 
 Stage = Literal["list", "read", "decode", "infer", "write"]
@@ -70,17 +72,25 @@ PROB_COLUMNS: tuple[str, ...] = tuple(f"prob_{label}" for label in EMOTION_LABEL
 # --- schemas (contract) ------------------------------------------------------------------------
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 _PROBS = [pa.field(name, pa.float32()) for name in PROB_COLUMNS]
+_VIDEO = [
+    pa.field("run_id", pa.string()),
+    pa.field("video_uri", pa.string()),
+    pa.field("video_etag", pa.string()),
+    pa.field("video_bytes", pa.int64()),
+    pa.field("video_duration_s", pa.float64()),
+]
+_BOX = [pa.field(name, pa.float32()) for name in ("face_x", "face_y", "face_w", "face_h")]
+"""A face box: left, top, width and height as fractions of the (upright) frame."""
 
 PREDICTIONS_SCHEMA = pa.schema(
     [
-        pa.field("run_id", pa.string()),
-        pa.field("video_uri", pa.string()),
-        pa.field("video_etag", pa.string()),
-        pa.field("video_bytes", pa.int64()),
-        pa.field("video_duration_s", pa.float64()),
+        *_VIDEO,
         pa.field("clip_index", pa.int32()),
         pa.field("clip_start_s", pa.float64()),
         pa.field("clip_end_s", pa.float64()),
+        pa.field("face_id", pa.int32()),  # the face track in the video; -1: whole frame
+        *_BOX,  # the clip's mean face box; null for whole frames
+        pa.field("face_score", pa.float32()),  # the detector's mean score; null for whole frames
         pa.field("label", pa.string()),  # dictionary-encoded in the file
         pa.field("confidence", pa.float32()),
         *_PROBS,
@@ -88,21 +98,36 @@ PREDICTIONS_SCHEMA = pa.schema(
         pa.field("processed_at", _TIMESTAMP),
     ]
 )
-"""One row per clip."""
+"""One row per clip: per clip window and face track (face models), or per clip window."""
+
+FACES_SCHEMA = pa.schema(
+    [
+        *_VIDEO,
+        pa.field("face_id", pa.int32()),
+        pa.field("first_s", pa.float64()),  # first and last second the track was seen
+        pa.field("last_s", pa.float64()),
+        *_BOX,  # mean box over the track's detections
+        pa.field("num_clips", pa.int32()),
+        pa.field("label", pa.string()),  # dictionary-encoded in the file
+        pa.field("confidence", pa.float32()),
+        *_PROBS,  # mean of the track's clips' probabilities
+        pa.field("model_version", pa.string()),
+        pa.field("processed_at", _TIMESTAMP),
+    ]
+)
+"""One row per face track (face models only)."""
 
 VIDEOS_SCHEMA = pa.schema(
     [
-        pa.field("run_id", pa.string()),
-        pa.field("video_uri", pa.string()),
-        pa.field("video_etag", pa.string()),
-        pa.field("video_bytes", pa.int64()),
-        pa.field("video_duration_s", pa.float64()),
+        *_VIDEO,
         pa.field("num_clips", pa.int32()),
         pa.field("partial", pa.bool_()),
         pa.field("partial_reason", pa.string()),  # null unless partial
-        pa.field("label", pa.string()),  # dictionary-encoded in the file
+        pa.field("crop", pa.string()),  # "face" or "frame": how the model cut its clips
+        pa.field("faces", pa.int32()),  # face tracks kept; null for whole-frame models
+        pa.field("label", pa.string()),  # dictionary-encoded; null when no face was found
         pa.field("confidence", pa.float32()),
-        *_PROBS,  # mean of the clips' probabilities
+        *_PROBS,  # whole frames: mean of the clips; faces: the longest-seen face track's
         pa.field("model_version", pa.string()),
         pa.field("processed_at", _TIMESTAMP),
     ]
@@ -126,20 +151,24 @@ ERRORS_SCHEMA = pa.schema(
 
 SCHEMAS: dict[TableName, pa.Schema] = {
     "predictions": PREDICTIONS_SCHEMA,
+    "faces": FACES_SCHEMA,
     "videos": VIDEOS_SCHEMA,
     "errors": ERRORS_SCHEMA,
 }
 
-# Columns that must not be null; the others may be None.
+_BOX_NAMES = frozenset({"face_x", "face_y", "face_w", "face_h"})
+# Columns that may be null; the others must not.
 _NULLABLE: dict[TableName, frozenset[str]] = {
-    "predictions": frozenset(),
-    "videos": frozenset({"partial_reason"}),
+    "predictions": _BOX_NAMES | {"face_score"},
+    "faces": frozenset(),
+    "videos": frozenset({"partial_reason", "faces", "label", "confidence", *PROB_COLUMNS}),
     "errors": frozenset({"video_etag", "video_bytes", "model_version"}),
 }
 # Low-cardinality columns written with Parquet dictionary encoding.
 _DICTIONARY_COLUMNS: dict[TableName, list[str]] = {
     "predictions": ["label"],
-    "videos": ["label"],
+    "faces": ["label"],
+    "videos": ["label", "crop"],
     "errors": ["stage", "error_type"],
 }
 _COMPRESSION = "zstd"
@@ -282,8 +311,13 @@ class ShardWriter:
         """Add one clip row (see `PREDICTIONS_SCHEMA`)."""
         self._add("predictions", row, columns)
 
+    def add_face(self, row: Mapping[str, Any] | None = None, /, **columns: Any) -> None:
+        """Add one face-track row (see `FACES_SCHEMA`)."""
+        self._add("faces", row, columns)
+
     def add_video(self, row: Mapping[str, Any] | None = None, /, **columns: Any) -> None:
-        """Add one video row (see `VIDEOS_SCHEMA`); ``partial`` defaults to False."""
+        """Add one video row (see `VIDEOS_SCHEMA`); ``partial`` defaults to False, ``crop``
+        to ``"frame"``."""
         self._add("videos", row, columns)
 
     def add_error(self, row: Mapping[str, Any] | None = None, /, **columns: Any) -> None:
@@ -313,13 +347,17 @@ class ShardWriter:
             values["processed_at"] = dt.datetime.now(dt.UTC)
         if table == "videos":
             values.setdefault("partial", False)
+            values.setdefault("crop", "frame")
+        if table == "predictions":
+            values.setdefault("face_id", -1)
         if table == "errors":
             values["message"] = one_line(values.get("message"), _MAX_MESSAGE_CHARS)
             if values.get("stage") not in STAGES:
                 raise ValueError(
                     f"stage must be one of {', '.join(STAGES)}; got {values.get('stage')!r}"
                 )
-        if table in ("predictions", "videos") and values.get("label") not in EMOTION_LABELS:
+        no_label = table == "videos" and values.get("label") is None  # no face found
+        if table != "errors" and not no_label and values.get("label") not in EMOTION_LABELS:
             raise ValueError(
                 f"label must be one of {', '.join(EMOTION_LABELS)}; got {values.get('label')!r}"
             )
@@ -349,10 +387,10 @@ class ShardWriter:
         # Encode everything first: a bad value fails before any file is touched.
         payloads = {t: self._encode(t) for t in TABLES if self._rows[t]}
         stats = ShardStats()
-        for table in ("videos", "errors", "predictions"):
+        for table in ("videos", "errors", "faces", "predictions"):
             if table not in payloads and remove_file(self.keys[table], self.storage_options):
                 logger.info("removed stale %s from an earlier try", self.keys[table])
-        for table in ("predictions", "errors", "videos"):
+        for table in ("predictions", "faces", "errors", "videos"):
             if table not in payloads:
                 continue
             atomic_write_bytes(self.keys[table], payloads[table], self.storage_options)
@@ -510,17 +548,27 @@ def sweep_orphan_predictions(
     *,
     older_than_s: float = ORPHAN_AGE_S,
 ) -> list[str]:
-    """Delete ``predictions`` files whose shard never wrote its ``videos`` file; return them.
+    """Delete ``predictions`` and ``faces`` files whose shard never wrote its ``videos`` file;
+    return them.
 
     A process killed between a shard's ``predictions`` and ``videos`` writes leaves clip rows
     for videos that are not marked done; the next run redoes those videos, so without this
     sweep their clips would appear twice. Files younger than ``older_than_s`` are left alone
     (their shard may still be committing).
     """
-    base = join(output, "predictions")
-    fs, path = resolve(base, storage_options)
     removed = []
     now = dt.datetime.now(dt.UTC)
+    for table in ("predictions", "faces"):
+        removed += _sweep_orphans(output, table, storage_options, now, older_than_s)
+    return removed
+
+
+def _sweep_orphans(output: str, table: TableName, storage_options: Mapping[str, Any] | None,
+                   now: dt.datetime, older_than_s: float) -> list[str]:
+    """`sweep_orphan_predictions` for one table."""
+    base = join(output, table)
+    fs, path = resolve(base, storage_options)
+    removed = []
     for name in _parquet_files(fs, path, base):
         relative = name[len(path):].lstrip("/")  # date=YYYY-MM-DD/<run_id>-<shard>.parquet
         sibling = join(output, "videos", relative)

@@ -48,6 +48,7 @@ def build_summary(
             "untrained": model.untrained,
             "num_frames": model.num_frames,
             "img_size": model.img_size,
+            "crop": model.crop,
         },
         "model_version": model.model_version,
         "counts": {
@@ -59,6 +60,8 @@ def build_summary(
             "succeeded": totals["succeeded"],
             "failed": totals["failed"] + lost,
             "partial": totals["partial"],
+            "no_face": totals["no_face"],
+            "faces": totals["faces"],
             "clips": totals["clips"],
         },
         "failed_by_stage": failed_by_stage,
@@ -66,7 +69,9 @@ def build_summary(
         "label_distribution": totals["label_distribution"],
         "clips_per_s": round(totals["clips"] / wall, 3),
         "videos_per_s": round(totals["succeeded"] / wall, 3),
-        "timings": {"decode_s": totals["decode_s"], "infer_s": totals["infer_s"]},
+        # decode_s includes detect_s: faces are detected by the decoding threads
+        "timings": {"decode_s": totals["decode_s"], "detect_s": totals["detect_s"],
+                    "infer_s": totals["infer_s"]},
         "shards": [r.as_dict() for r in results],
     }
 

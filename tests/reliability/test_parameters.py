@@ -42,6 +42,11 @@ BAD_VALUES: list[tuple[str, Any]] = [
     ("clip_seconds", "four"),
     ("stride_seconds", 0),
     ("stride_seconds", 50.0),  # more than 10 x clip_seconds (4 s)
+    ("detect_fps", 0),
+    ("detect_fps", -5.0),
+    ("detect_fps", 1000),
+    ("max_faces", 0),
+    ("max_faces", 65),
     ("batch_size", 0),
     ("batch_size", 5000),
     ("shard_size", 0),

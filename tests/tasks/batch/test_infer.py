@@ -131,7 +131,8 @@ def test_tiny_queue_many_clips_completes_with_every_clip_predicted(
         assert sorted(rows["clip_index"]) == list(range(6)), uri
         np.testing.assert_allclose(sorted(rows["clip_start_s"]), np.arange(6) * 0.5, atol=0.05)
     assert len(read_table(output, "videos")) == len(GOOD)
-    assert result.files["rows"] == {"predictions": expected, "videos": len(GOOD), "errors": 0}
+    assert result.files["rows"] == {"predictions": expected, "faces": 0, "videos": len(GOOD),
+                                    "errors": 0}
     assert not (output / "errors").exists()
 
 
@@ -246,7 +247,7 @@ def test_a_failed_model_call_fails_only_the_videos_with_clips_in_that_batch(
                                    predict_alone(predictor, video_dir / name), atol=1e-5, rtol=0)
     assert sorted(read_table(output, "videos")["video_uri"]) == [
         str(video_dir / n) for n in names[2:]]
-    assert result.files["rows"] == {"predictions": 6, "videos": 2, "errors": 2}
+    assert result.files["rows"] == {"predictions": 6, "faces": 0, "videos": 2, "errors": 2}
     assert result.decode_s > 0 and result.infer_s > 0 and result.wall_s >= result.infer_s
 
 

@@ -130,7 +130,7 @@ def test_shard_writer_local_roundtrip(tmp_path: Path) -> None:
     w = _write_shard(str(out))
 
     assert w.stats is not None
-    assert w.stats.rows == {"predictions": 6, "videos": 2, "errors": 1}
+    assert w.stats.rows == {"predictions": 6, "faces": 0, "videos": 2, "errors": 1}
     for table in ("predictions", "videos", "errors"):
         path = out / table / f"date={DATE}" / "run-1-00003.parquet"
         assert path.is_file()
@@ -255,7 +255,7 @@ def test_add_row_validation(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="missing videos columns: model_version"):
         no_mv.add_video(_video("u"))
     no_mv.add_video(_video("u"), model_version="explicit")
-    assert w.counts == {"predictions": 0, "videos": 0, "errors": 0}
+    assert w.counts == {"predictions": 0, "faces": 0, "videos": 0, "errors": 0}
     with pytest.raises(ValueError, match="expected 6 probabilities"):
         prob_columns([0.5, 0.5])
 
