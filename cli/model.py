@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -19,7 +20,8 @@ from tasks.batch.settings import BatchSettings
 console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, soft_wrap=True)
 
-PREDICT_FIELDS = ("clip_seconds", "stride_seconds", "batch_size", "device")
+PREDICT_FIELDS = ("clip_seconds", "stride_seconds", "detect_fps", "max_faces", "batch_size",
+                  "device")
 """The batch flow's parameters that ``predict`` takes too (same flags, same validation)."""
 
 
@@ -33,30 +35,49 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     result = predict_video(
         predictor, args.video, clip_seconds=settings.clip_seconds,
         stride_seconds=settings.stride_seconds, batch_size=settings.batch_size,
+        detect_fps=settings.detect_fps, max_faces=settings.max_faces,
     )
-    table = Table(title=f"{result.uri}  (model {result.model_version})")
-    table.add_column("clip", justify="right")
-    table.add_column("start s", justify="right")
-    table.add_column("end s", justify="right")
-    table.add_column("label")
-    table.add_column("confidence", justify="right")
-    for label in predictor.labels:
-        table.add_column(label[:7], justify="right")
-    for clip in result.clips:
-        table.add_row(
-            str(clip.index), f"{clip.start_s:.2f}", f"{clip.end_s:.2f}", clip.label,
-            f"{clip.confidence:.3f}", *(f"{clip.probabilities[k]:.3f}" for k in predictor.labels),
-        )
-    table.add_row(
-        "video", "0.00", f"{result.duration_s:.2f}", f"[bold]{result.label}[/bold]",
-        f"{result.confidence:.3f}", *(f"{result.probabilities[k]:.3f}" for k in predictor.labels),
-    )
-    console.print(table)
+    labels = predictor.labels
+    if result.crop == "frame":
+        console.print(_clip_table(f"{result.uri}  (model {result.model_version})", labels,
+                                  result.clips, ("video", 0.0, result.duration_s, result)))
+    elif not result.faces:
+        console.print(f"{result.uri}: no face found in {result.duration_s:.2f} s "
+                      f"(model {result.model_version}, face crops)")
+    for face in result.faces:
+        x, y, w, h = face.box
+        title = (f"{result.uri}  face {face.face_id}: seen {face.first_s:.2f}-{face.last_s:.2f} "
+                 f"s at x={x:.2f} y={y:.2f} w={w:.2f} h={h:.2f}  (model {result.model_version})")
+        clips = [c for c in result.clips if c.face_id == face.face_id]
+        console.print(_clip_table(title, labels, clips,
+                                  (f"face {face.face_id}", face.first_s, face.last_s, face)))
+    if result.faces and len(result.faces) > 1 and result.label is not None:
+        console.print(f"video label (the longest-seen face): [bold]{result.label}[/bold] "
+                      f"{result.confidence:.3f}")
     if result.partial:
         err.print(f"warning: {result.uri}: partly decoded: {result.partial_reason}")
     if predictor.metadata.get("untrained"):
         err.print("note: this model is untrained (random weights): its labels mean nothing")
     return 0
+
+
+def _clip_table(title: str, labels: tuple[str, ...], clips: list[Any],
+                total: tuple[str, float, float, Any]) -> Table:
+    """One row per clip and a bold last row (the video's or the face's mean)."""
+    table = Table(title=title)
+    for name in ("clip", "start s", "end s"):
+        table.add_column(name, justify="right")
+    table.add_column("label")
+    table.add_column("confidence", justify="right")
+    for label in labels:
+        table.add_column(label[:7], justify="right")
+    name, start, end, summary = total
+    rows = [(str(c.index), c.start_s, c.end_s, c.label, c) for c in clips]
+    rows.append((name, start, end, f"[bold]{summary.label}[/bold]", summary))
+    for first, s, e, label, item in rows:
+        table.add_row(first, f"{s:.2f}", f"{e:.2f}", label, f"{item.confidence:.3f}",
+                      *(f"{item.probabilities[k]:.3f}" for k in labels))
+    return table
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -76,20 +97,22 @@ def _cmd_new_model(args: argparse.Namespace) -> int:
     import torch
 
     from emotion_model.checkpoint import save_deployment
+    from emotion_model.face_clips import CropSpec
     from emotion_model.model import build_model
 
     torch.manual_seed(args.seed)
     model = build_model("small" if args.small else "r50").eval()
     meta = save_deployment(
         model, args.output, num_frames=args.num_frames, img_size=args.img_size,
-        untrained=True,
+        crop=CropSpec.of(args.crop).to_metadata(), untrained=True,
         notes="UNTRAINED: random weights, for smoke tests and benchmarks only; "
         "its predictions mean nothing",
     )
     size_mb = Path(args.output).stat().st_size / 1e6 if "://" not in str(args.output) else 0
     console.print(
         f"wrote {args.output}: untrained {'small' if args.small else 'r50'} model, "
-        f"version {meta['model_version']}" + (f", {size_mb:.1f} MB" if size_mb else "")
+        f"{args.crop} crops, version {meta['model_version']}"
+        + (f", {size_mb:.1f} MB" if size_mb else "")
     )
     return 0
 
@@ -109,7 +132,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``predict``, ``export``, ``new-model`` and ``make-sample-data`` subcommands."""
     p = sub.add_parser("predict", help="predict the emotions of one video file",
                        description="Decode one video into clips, run the model and print a "
-                       "table: one row per clip and the video's mean.")
+                       "table: one row per clip and the video's mean; for a face model, one "
+                       "table per face track (its clips and its mean).")
     p.add_argument("video", help="path of the video file")
     p.add_argument("--model", required=True, help="deployment file (.safetensors) path or URI")
     add_settings_arguments(p, BatchSettings, only=PREDICT_FIELDS)
@@ -134,6 +158,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed of the weights")
     p.add_argument("--num-frames", type=int, default=48, help="frames per clip (default 48)")
     p.add_argument("--img-size", type=int, default=112, help="frame size in pixels (112)")
+    p.add_argument("--crop", choices=["face", "frame"], default="face",
+                   help="face (default): clips cut around each detected face; frame: the whole "
+                   "frame resized, as the model card's model")
     p.set_defaults(func=_cmd_new_model)
 
     p = sub.add_parser("make-sample-data", help="render synthetic face videos (not real data)",

@@ -53,6 +53,11 @@ class NoDecodableFramesError(VideoError):
     """The video stream gave zero decodable frames."""
 
 
+class NoFaceError(VideoError):
+    """Face crops were asked for and no face was found (training leaves such a video out;
+    the batch flow records it as a video with ``faces = 0``)."""
+
+
 # --- checkpoints -----------------------------------------------------------------------------
 class CheckpointError(EmotionModelError):
     """A model file could not be loaded."""

@@ -194,13 +194,20 @@ _Region = tuple[float, float, float]  # x0, y0, side: a square in pixels of the 
 class FaceDetector:
     """BlazeFace on the TFLite runtime.
 
+    Measured with the defaults (bench/faces.py, bench/README.md "Face detectors"): a 720p frame
+    is given at 512x288; the whole-image pass (full range, 192 px input) finds faces from about
+    50 px wide in 1280x720 (4 % of the width) up; `scan` adds 8 tiles of 192 px (model
+    input 1:1, no resampling) overlapping by a quarter and finds faces from about 20 px wide in
+    1280x720 up (9 passes, ~25 ms on one core); `near` re-finds a known small face with one
+    extra pass per face smaller than `near_max` (larger ones the whole-image pass finds).
+
     One TFLite interpreter per detector (a few ms to create). `detect` holds a lock, so a
     detector shared by threads is safe but serialises them; give each thread its own detector
     for parallelism.
 
     Args:
-        model: ``"full_range"`` (192 px input, faces from about 2 % to 100 % of the image side)
-            or ``"short_range"`` (128 px, faces close to the camera).
+        model: ``"full_range"`` (192 px input, faces far from and near to the camera) or
+            ``"short_range"`` (128 px, faces close to the camera).
         min_score: detections scoring below this are dropped (MediaPipe: 0.5).
         num_threads: TFLite interpreter threads.
         iou_threshold: the weighted NMS merge threshold (MediaPipe: 0.3).
@@ -208,12 +215,14 @@ class FaceDetector:
         tile: side in pixels (of the detection image) of the `scan` tiles.
         tile_overlap: fraction of `tile` that neighbouring tiles share.
         near_scale: side of the square searched around a `near` box, in box sizes.
+        near_max: `near` boxes whose long side exceeds this fraction of the image's long side
+            get no pass of their own: the whole-image pass finds faces from about 4 % up.
     """
 
     def __init__(self, model: Literal["full_range", "short_range"] = "full_range", *,
                  min_score: float = 0.5, num_threads: int = 1, iou_threshold: float = 0.3,
                  max_side: int = 512, tile: int = 192, tile_overlap: float = 0.25,
-                 near_scale: float = 3.0) -> None:
+                 near_scale: float = 3.0, near_max: float = 0.1) -> None:
         if model not in MODELS:
             raise ValueError(f"model must be one of {sorted(MODELS)}, got {model!r}")
         if not 0.0 < min_score < 1.0:
@@ -222,8 +231,8 @@ class FaceDetector:
             raise ValueError(f"iou_threshold must be in (0, 1), got {iou_threshold}")
         if num_threads < 1 or max_side < 16 or tile < 16:
             raise ValueError("need num_threads >= 1, max_side >= 16, tile >= 16")
-        if not 0.0 <= tile_overlap < 0.9 or near_scale < 1.0:
-            raise ValueError("need 0 <= tile_overlap < 0.9 and near_scale >= 1")
+        if not 0.0 <= tile_overlap < 0.9 or near_scale < 1.0 or not 0.0 <= near_max <= 1.0:
+            raise ValueError("need 0 <= tile_overlap < 0.9, near_scale >= 1, 0 <= near_max <= 1")
         from ai_edge_litert.interpreter import Interpreter
 
         self.model = model
@@ -234,6 +243,7 @@ class FaceDetector:
         self.tile = int(tile)
         self.tile_overlap = float(tile_overlap)
         self.near_scale = float(near_scale)
+        self.near_max = float(near_max)
         path = str(MODEL_DIR / self.spec.file)
         self._sha = _sha256(path)
         self._anchors = _anchors_of(model)
@@ -290,7 +300,8 @@ class FaceDetector:
 
     def near_regions(self, width: int, height: int, near: Sequence[FaceBox]) -> list[_Region]:
         """One square per `near` box: `near_scale` times the box's long side (in pixels),
-        centred on it and shifted to lie inside the image where it fits."""
+        centred on it and shifted to lie inside the image where it fits. None for a box whose
+        long side exceeds `near_max` of the image's (the whole-image pass finds it)."""
         out = []
         for box in near:
             if not isinstance(box, FaceBox):
@@ -298,7 +309,10 @@ class FaceDetector:
             if not all(map(math.isfinite, (box.x, box.y, box.w, box.h))) or box.w < 0 \
                     or box.h < 0:
                 raise ValueError(f"near box must be finite with w, h >= 0, got {box}")
-            side = self.near_scale * max(box.w * width, box.h * height, 1.0)
+            long_side = max(box.w * width, box.h * height, 1.0)
+            if long_side > self.near_max * max(width, height):
+                continue
+            side = self.near_scale * long_side
             cx, cy = box.centre
             x0 = _clamp_start(cx * width - side / 2, side, width)
             y0 = _clamp_start(cy * height - side / 2, side, height)

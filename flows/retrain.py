@@ -33,6 +33,8 @@ def retrain(
     num_frames: int = 48,
     img_size: int = 112,
     clip_seconds: float = 4.0,
+    crop: str = "face",
+    detect_fps: float = 5.0,
     max_clips_per_video: int = 4,
     epochs: int = 60,
     patience: int = 10,

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from emotion_model.errors import VideoError
+from emotion_model.errors import NoFaceError, VideoError
+from emotion_model.face_clips import FRAME_CROP, CropSpec
 from emotion_model.video import ClipReader
 from tasks.common.storage import (
     atomic_write_bytes,
@@ -31,7 +32,7 @@ from tasks.training.data import Example
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = "clips-v1"
+CACHE_FORMAT = "clips-v2"
 CACHE_FRAME_FACTOR = 2
 """The cache holds this many times ``num_frames`` frames per clip, for temporal jitter."""
 
@@ -44,6 +45,8 @@ class ClipSpec:
     img_size: int
     clip_seconds: float = 4.0
     max_clips: int = 4
+    crop: CropSpec = FRAME_CROP
+    """Whole frames, or the crops of the video's main face track (the one labelled)."""
 
     @property
     def cached_frames(self) -> int:
@@ -54,7 +57,8 @@ class ClipSpec:
 def cache_key(example: Example, spec: ClipSpec) -> str:
     """``(uri, etag, num_frames, img_size, ...)`` -> a file name in the cache."""
     text = "|".join(str(v) for v in (CACHE_FORMAT, example.uri, example.etag, spec.num_frames,
-                                      spec.img_size, spec.clip_seconds, spec.max_clips))
+                                      spec.img_size, spec.clip_seconds, spec.max_clips,
+                                      spec.crop.key()))
     return hashlib.sha256(text.encode()).hexdigest()[:32] + ".npy"
 
 
@@ -131,16 +135,26 @@ class ClipCache:
 
 def decode_training_clips(example: Example, spec: ClipSpec,
                           storage_options: Mapping[str, Any] | None = None) -> np.ndarray:
-    """Decode ``example`` into ``[N, cached_frames, H, W, 3]`` uint8 clips (N >= 1)."""
+    """Decode ``example`` into ``[N, cached_frames, H, W, 3]`` uint8 clips (N >= 1).
+
+    With face crops, the clips follow the video's main face track (the largest and longest:
+    a labelled video shows one actor); a video in which no face is found raises
+    ``NoFaceError``.
+    """
     source: Any = example.uri if is_local(example.uri) else read_bytes(example.uri,
                                                                        storage_options)
     reader = ClipReader(source, num_frames=spec.cached_frames, img_size=spec.img_size,
                         clip_seconds=spec.clip_seconds, uri=example.uri, threads=1,
-                        max_clips=spec.max_clips)
-    clips = [clip.frames for clip in reader]
+                        max_clips=spec.max_clips, crop=spec.crop, max_faces=1)
+    clips = list(reader)
+    if spec.crop.mode == "face":
+        main = {face.face_id for face in reader.info.faces}
+        clips = [clip for clip in clips if clip.face_id in main]
+        if not clips:
+            raise NoFaceError(example.uri, "no face found")
     if not clips:  # ClipReader raises NoDecodableFramesError first; kept as a guard
         raise ValueError(f"{example.uri}: no clips")
-    return np.stack(clips)
+    return np.stack([clip.frames for clip in clips])
 
 
 @dataclass

@@ -406,7 +406,8 @@ def _train(
         if val_acc > best_acc + 1e-9:
             best_acc, best_epoch, bad_epochs = val_acc, epoch, 0
             save_deployment(model, best_uri, num_frames=settings.num_frames,
-                            img_size=settings.img_size, epoch=epoch)
+                            img_size=settings.img_size, epoch=epoch,
+                            crop=cache.spec.crop.to_metadata())
         elif epoch > warmup:
             bad_epochs += 1
         finished = bad_epochs >= settings.patience or epoch == settings.epochs

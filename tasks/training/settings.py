@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from emotion_model.face_clips import CropSpec
 from tasks.common.settings import FlowSettings, check_uri
 from tasks.common.storage import join
 
@@ -38,6 +39,14 @@ class RetrainSettings(FlowSettings):
     num_frames: int = Field(default=48, ge=4, le=256, description="Frames per clip (x4).")
     img_size: int = Field(default=112, ge=32, le=448, description="Frame height and width.")
     clip_seconds: float = Field(default=4.0, gt=0, le=600, description="Clip window length.")
+    crop: Literal["face", "frame"] = Field(
+        default="face", description="face: clips cut around the actor's face (detected and "
+        "tracked while decoding); frame: the whole frame resized (the model card's way). "
+        "Recorded in the model file; serving cuts clips the same way."
+    )
+    detect_fps: float = Field(
+        default=5.0, gt=0, le=120, description="face crops: face detections per second of video."
+    )
     max_clips_per_video: int = Field(
         default=4, ge=1, le=64, description="Training clips cached per video (windows)."
     )
@@ -118,6 +127,10 @@ class RetrainSettings(FlowSettings):
         return self
 
     # -- derived -------------------------------------------------------------------------------
+    def crop_spec(self) -> CropSpec:
+        """The crop the model is trained with (and that its file records)."""
+        return CropSpec.of(self.crop, detect_fps=self.detect_fps)
+
     @property
     def cache_uri(self) -> str:
         """The clip cache prefix."""

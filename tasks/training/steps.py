@@ -15,6 +15,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from emotion_model.checkpoint import load_deployment, save_deployment
+from emotion_model.face_clips import CropSpec
 from emotion_model.labels import EMOTION_LABELS
 from emotion_model.predict import resolve_device
 from tasks.common import progress
@@ -71,10 +72,11 @@ class Evaluation:
 
 
 def spec_of(settings: RetrainSettings, num_frames: int | None = None,
-            img_size: int | None = None) -> ClipSpec:
-    """The clip spec of the settings (or of another model's frames and size)."""
+            img_size: int | None = None, crop: CropSpec | None = None) -> ClipSpec:
+    """The clip spec of the settings (or of another model's frames, size and crop)."""
     return ClipSpec(num_frames or settings.num_frames, img_size or settings.img_size,
-                    settings.clip_seconds, settings.max_clips_per_video)
+                    settings.clip_seconds, settings.max_clips_per_video,
+                    crop or settings.crop_spec())
 
 
 def data_fingerprint(examples: list[Example]) -> str:
@@ -201,7 +203,8 @@ def champion_metrics(settings: RetrainSettings, data: PreparedData, champion: di
         model_file = io.BytesIO(read_bytes(model_uri, settings.storage_options))
         model_file.name = model_uri  # errors name it
         model, meta = load_deployment(model_file)
-        spec = spec_of(settings, int(meta["num_frames"]), int(meta["img_size"]))
+        spec = spec_of(settings, int(meta["num_frames"]), int(meta["img_size"]),
+                       CropSpec.from_metadata(meta))
         champion_cache = ClipCache(settings.cache_uri, spec, settings.storage_options)
         kept, _ = build_cache(champion_cache, data.split.val, threads=settings.decode_threads)
         metrics, _ = _evaluate(model, kept, champion_cache, spec.num_frames, settings)
@@ -332,6 +335,7 @@ def _deployment_bytes(settings: RetrainSettings, data: PreparedData, result: Tra
     buffer = io.BytesIO()
     meta = save_deployment(
         result.model, buffer, num_frames=settings.num_frames, img_size=settings.img_size,
+        crop=data.spec.crop.to_metadata(),
         metrics={k: metrics[k] for k in ("val_accuracy", "val_macro_f1", "n_val")},
         data_fingerprint=data.fingerprint, val_actors=data.split.val_actors,
         training={"preset": settings.preset, "epochs_run": result.epochs_run,

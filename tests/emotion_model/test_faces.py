@@ -234,6 +234,18 @@ def test_near_refinds_a_tiny_face_without_tiles(
     assert found_near >= 0.95 * len(frames)
 
 
+def test_near_passes_only_for_small_faces() -> None:
+    det = FaceDetector()
+    image = np.zeros((288, 512, 3), np.uint8)
+    small, big = FaceBox(0.5, 0.5, 0.04, 0.07), FaceBox(0.2, 0.2, 0.3, 0.5)
+    assert len(det.near_regions(512, 288, [small, big])) == 1
+    x0, y0, side = det.near_regions(512, 288, [FaceBox(0.0, 0.0, 0.05, 0.05)])[0]
+    assert (x0, y0) == (0.0, 0.0) and side == pytest.approx(3 * 0.05 * 512)  # kept inside
+    before = det.passes
+    det.detect(image, scan=False, near=[small, big])
+    assert det.passes - before == 2  # whole image + one near square
+
+
 def test_detectors_in_threads_agree(tmp_path: Path) -> None:
     needs_encoder("libx264")
     path, truth = face_at_width(tmp_path / "f.mp4", 60, seconds=0.4)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from prefect import flow
 
+from emotion_model.face_clips import FRAME_CROP, CropSpec
 from tasks.common import progress
 from tasks.errors import NoTrainingDataError
 from tasks.training.clip_cache import ClipSpec, cache_key
@@ -29,14 +30,18 @@ def test_spec_of_takes_the_settings_clip_fields() -> None:
     settings = RetrainSettings(sources=["/d"], registry="/r", num_frames=32, img_size=96,
                                clip_seconds=2.5, max_clips_per_video=3)
     assert spec_of(settings) == ClipSpec(num_frames=32, img_size=96, clip_seconds=2.5,
-                                         max_clips=3)
+                                         max_clips=3, crop=CropSpec.face())
     assert spec_of(settings).cached_frames == 64
+    frame = settings.model_copy(update={"crop": "frame"})
+    assert spec_of(frame).crop == FRAME_CROP
 
 
-def test_spec_of_another_models_frames_and_size() -> None:
-    settings = RetrainSettings(sources=["/d"], registry="/r")
-    assert spec_of(settings, 16, 64) == ClipSpec(16, 64, 4.0, 4)
-    assert spec_of(settings, img_size=160) == ClipSpec(48, 160, 4.0, 4)
+def test_spec_of_another_models_frames_size_and_crop() -> None:
+    settings = RetrainSettings(sources=["/d"], registry="/r", detect_fps=2.0)
+    face = CropSpec.face(detect_fps=2.0)
+    assert spec_of(settings, 16, 64) == ClipSpec(16, 64, 4.0, 4, face)
+    assert spec_of(settings, img_size=160) == ClipSpec(48, 160, 4.0, 4, face)
+    assert spec_of(settings, 16, 64, FRAME_CROP) == ClipSpec(16, 64, 4.0, 4, FRAME_CROP)
 
 
 # --- data_fingerprint ----------------------------------------------------------------------------
@@ -109,7 +114,7 @@ def test_prepare_data_splits_by_actor_and_fills_the_clip_cache(
     assert {e.actor for e in split.val} == set(split.val_actors)
     assert (data.report.listed, data.report.used, data.report.corrupt) == (36, 36, 0)
     assert (data.cache.decoded, data.cache.cached, data.cache.corrupt) == (36, 0, [])
-    assert data.spec == ClipSpec(16, 64, 1.0, 1)
+    assert data.spec == ClipSpec(16, 64, 1.0, 1, CropSpec.face())  # face crops by default
     assert data.fingerprint == data_fingerprint(split.train)
     files = sorted(p.name for p in (tmp_path / "registry" / "cache" / "clips").iterdir())
     assert files == sorted(cache_key(e, data.spec) for e in split.train + split.val)
