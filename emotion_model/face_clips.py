@@ -170,6 +170,8 @@ class FaceTrackInfo:
     """Mean box ``(x, y, w, h)``, fractions of the frame."""
     detections: int
     clips: int
+    path: tuple[tuple[float, float, float, float, float], ...] = ()
+    """``(t, x, y, w, h)``: the smoothed box at each detection (interpolate between them)."""
 
 
 class FaceClipAssembler(ClipAssembler):
@@ -240,6 +242,7 @@ class FaceClipAssembler(ClipAssembler):
         near = [FaceBox(b.x, b.y, b.w, b.h, b.score) for b in self.tracker.predicted(t)]
         boxes = self.detector.detect(image, scan=scan, near=near)
         self.tracker.update(t, boxes, width, height)
+        self.info.detect_frames += 1
         self.info.detect_s += time.perf_counter() - start
 
     # --- windows wait for final boxes, then become face clips -------------------------------
@@ -272,6 +275,8 @@ class FaceClipAssembler(ClipAssembler):
                 face_id, float(summary.first_s), float(summary.last_s),
                 (float(box.x), float(box.y), float(box.w), float(box.h)),
                 int(summary.detections), self.clip_counts.get(face_id, 0),
+                tuple((float(t), float(b.x), float(b.y), float(b.w), float(b.h))
+                      for t, b in self.tracker.path(track_id)),
             ))
         self.info.faces = sorted(faces, key=lambda f: f.face_id)
 

@@ -323,6 +323,12 @@ class FaceTracker:
         a = (t - times[k]) / (times[k + 1] - times[k])
         return _box((1 - a) * smooth[k] + a * smooth[k + 1])
 
+    def path(self, track_id: int) -> list[tuple[float, TrackBox]]:
+        """The track's smoothed box at each of its detection times, in order."""
+        track = self._tracks[track_id]
+        return [(t, _box(row)) for t, row in zip(track.times, track.smoothed(self.smoothing),
+                                                  strict=True)]
+
     def boxes_at(self, t: float) -> dict[int, TrackBox]:
         """``{track id: box_at(id, t)}`` for every track with a box at ``t``."""
         out: dict[int, TrackBox] = {}

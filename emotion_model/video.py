@@ -84,6 +84,8 @@ class VideoInfo:
     crop: str = "frame"
     faces: list[FaceTrackInfo] = field(default_factory=list)
     """Face mode: the face tracks kept (at most ``max_faces``), by ``face_id``."""
+    detect_frames: int = 0
+    """Face mode: frames the face detector looked at."""
     detect_s: float = 0.0
     """Face mode: seconds spent in face detection (its conversions included)."""
 

@@ -214,6 +214,8 @@ BAD_VALUES: list[tuple[str, Any]] = [
     ("num_frames", 10),
     ("img_size", 8),
     ("clip_seconds", 0),
+    ("crop", "faces"),
+    ("detect_fps", 0),
     ("max_clips_per_video", 0),
     ("epochs", 0),
     ("patience", 0),
