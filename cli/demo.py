@@ -78,20 +78,26 @@ def _train(data: Path, registry: Path, epochs: int, show_progress: bool) -> dict
 
 
 def _results_table(videos: Any) -> tuple[Table, float]:
+    import pandas as pd
+
     from emotion_model.labels import parse_name
 
     table = Table(title="held-out actors: predicted vs true")
-    for column in ("video", "actor", "true", "predicted", "confidence", "clips"):
-        table.add_column(column, justify="right" if column in ("confidence", "clips") else "left")
+    for column in ("video", "actor", "true", "predicted", "confidence", "faces", "clips"):
+        table.add_column(column, justify="left" if column in ("video", "actor", "true",
+                                                               "predicted") else "right")
     correct = 0
     for row in videos.sort_values("video_uri").itertuples():
         parsed = parse_name(row.video_uri)
         truth = parsed.label if parsed is not None else "?"
         ok = truth == row.label
         correct += ok
+        faces = "-" if pd.isna(row.faces) else str(int(row.faces))
+        confidence = "-" if pd.isna(row.confidence) else f"{row.confidence:.2f}"
+        predicted = row.label if isinstance(row.label, str) else "no face"
         table.add_row(Path(row.video_uri).name, parsed.actor if parsed else "?", truth,
-                      f"[green]{row.label}[/green]" if ok else f"[red]{row.label}[/red]",
-                      f"{row.confidence:.2f}", str(row.num_clips))
+                      f"[green]{predicted}[/green]" if ok else f"[red]{predicted}[/red]",
+                      confidence, faces, str(row.num_clips))
     return table, correct / max(1, len(videos))
 
 
@@ -130,7 +136,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     console.print(
         f"[bold]accuracy on {len(videos)} videos of {HELD_OUT_ACTORS} actors the model never "
         f"saw: {accuracy:.2f}[/bold] (chance: 0.17)")
-    console.print(f"Parquet:          {output}/predictions/, videos/, errors/")
+    console.print(f"Parquet:          {output}/predictions/, faces/, videos/, errors/")
     console.print(f"run summary:      {summary.get('summary_uri')}")
     console.print(f"confusion matrix: {registry / version / 'confusion.png'} "
                   f"(validation actors; metrics.json beside it)")

@@ -43,6 +43,10 @@ def test_trains_publishes_and_serves_the_held_out_actors(tmp_path: Path) -> None
     run_id = re.search(r"^run (\S+) completed", first, re.M).group(1)  # type: ignore[union-attr]
     videos = pd.read_parquet(root / "outputs" / "videos", filters=[("run_id", "==", run_id)])
     assert len(videos) == 24 and set(videos["model_version"]) == {version}
+    # trained and served on face crops: the renderer's faces are found, one track each
+    assert set(videos["crop"]) == {"face"} and (videos["faces"] == 1).all()
+    faces = pd.read_parquet(root / "outputs" / "faces", filters=[("run_id", "==", run_id)])
+    assert len(faces) == 24 and set(faces["face_id"]) == {0}
     served = {parse_name(u).actor for u in videos["video_uri"]}  # type: ignore[union-attr]
     split = json.loads((root / "registry" / version / "split.json").read_text())
     seen = {a.split(":")[1] for a in split["train_actors"] + split["val_actors"]}

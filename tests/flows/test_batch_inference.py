@@ -39,7 +39,8 @@ FaultProxy = VideoCorpus = VideoSpec = Any
 PROBS = [f"prob_{label}" for label in EMOTION_LABELS]
 PREDICTION_COLUMNS = [
     "run_id", "video_uri", "video_etag", "video_bytes", "video_duration_s", "clip_index",
-    "clip_start_s", "clip_end_s", "label", "confidence", *PROBS, "model_version", "processed_at",
+    "clip_start_s", "clip_end_s", "face_id", "face_x", "face_y", "face_w", "face_h",
+    "face_score", "label", "confidence", *PROBS, "model_version", "processed_at",
 ]
 ERROR_COLUMNS = ["run_id", "video_uri", "video_etag", "stage", "error_type", "message",
                  "processed_at"]
@@ -196,6 +197,9 @@ def test_s3_run_writes_one_outcome_per_video(s3_corpus: S3Corpus, first_s3_run: 
                              good_uris=s3_corpus.good_uris, bad=s3_corpus.bad)
     assert list(predictions.columns[: len(PREDICTION_COLUMNS)]) == PREDICTION_COLUMNS
     assert set(ERROR_COLUMNS) <= set(errors.columns)
+    # a model file written before face crops (no `crop` in its metadata): whole frames
+    assert (predictions["face_id"] == -1).all() and predictions["face_x"].isna().all()
+    assert set(videos["crop"]) == {"frame"} and videos["faces"].isna().all()
     assert not any("poster.jpg" in u for u in [*videos.video_uri, *errors.video_uri])
 
     # identity columns: S3's ETag and size (the key with spaces and non-ASCII), model version
