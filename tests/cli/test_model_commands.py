@@ -33,9 +33,18 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def model_file(workdir: Path) -> Path:
+    """A whole-frame model: the test pattern has no face."""
     path = workdir / "small.safetensors"
     assert _run(["new-model", str(path), "--small", "--seed", "3", "--num-frames", "16",
-                 "--img-size", "64"]) == 0
+                 "--img-size", "64", "--crop", "frame"]) == 0
+    return path
+
+
+@pytest.fixture(scope="module")
+def face_model_file(workdir: Path) -> Path:
+    """new-model's default: face crops."""
+    path = workdir / "small-face.safetensors"
+    assert _run(["new-model", str(path), "--small", "--num-frames", "16", "--img-size", "64"]) == 0
     return path
 
 
@@ -103,7 +112,7 @@ def test_new_model_is_seeded(model_file: Path, workdir: Path) -> None:
 
     again = workdir / "again.safetensors"
     assert _run(["new-model", str(again), "--small", "--seed", "3", "--num-frames", "16",
-                 "--img-size", "64"]) == 0
+                 "--img-size", "64", "--crop", "frame"]) == 0
     assert load_deployment(again)[1]["model_version"] == \
         load_deployment(model_file)[1]["model_version"]
 
@@ -124,6 +133,40 @@ def test_predict_prints_a_table(model_file: Path, video_file: Path,
     assert len(rows) == 2  # 8 s of video: two 4 s clips
     assert re.search(r"[│|]\s+video\s+[│|]\s+0\.00\s+[│|]\s+8\.00\s+[│|]", out)
     assert "untrained" in captured.err
+
+
+def test_new_model_crops_faces_by_default(face_model_file: Path, model_file: Path) -> None:
+    from emotion_model.checkpoint import load_deployment
+
+    crop = load_deployment(face_model_file)[1]["crop"]
+    assert crop["mode"] == "face" and crop["detector"] == "blazeface-full-range"
+    assert crop["margin"] == 1.0 and crop["detect_fps"] == 5.0
+    assert load_deployment(model_file)[1]["crop"] == {"mode": "frame"}
+
+
+def test_predict_prints_a_table_per_face(face_model_file: Path, workdir: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from face_fixtures import two_faces
+    from video_fixtures import needs_encoder
+
+    needs_encoder("libx264")
+    video, _ = two_faces(workdir / "two.mp4", seconds=2.0, fps=25.0)
+    assert _run(["predict", str(video), "--model", str(face_model_file), "--device", "cpu",
+                 "--clip-seconds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert len(re.findall(r"face \d: seen \d\.\d\d-\d\.\d\d s", out)) == 2
+    assert re.search(r"[│|]\s+face 0\s+[│|]", out) and re.search(r"[│|]\s+face 1\s+[│|]", out)
+    assert "video label (the longest-seen face)" in out
+    assert _run(["predict", str(video), "--model", str(face_model_file), "--device", "cpu",
+                 "--clip-seconds", "1", "--max-faces", "1"]) == 0
+    assert len(re.findall(r"face \d: seen", capsys.readouterr().out)) == 1
+
+
+def test_predict_says_when_no_face_is_found(face_model_file: Path, video_file: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run(["predict", str(video_file), "--model", str(face_model_file),
+                 "--device", "cpu"]) == 0
+    assert "no face found in 8.00 s" in capsys.readouterr().out
 
 
 def test_predict_overlapping_windows(model_file: Path, video_file: Path,
