@@ -16,6 +16,9 @@ _EXPORTS = {
     "build_model": "emotion_model.model",
     "ClipReader": "emotion_model.video",
     "read_clips": "emotion_model.video",
+    "CropSpec": "emotion_model.face_clips",
+    "FaceDetector": "emotion_model.faces",
+    "FaceTracker": "emotion_model.face_tracks",
     "normalize": "emotion_model.preprocess",
     "save_deployment": "emotion_model.checkpoint",
     "load_deployment": "emotion_model.checkpoint",
@@ -28,6 +31,7 @@ _EXPORTS = {
     "encode_video": "emotion_model.video_writer",
     "make_sample_dataset": "emotion_model.sample_data",
     "render_face_clip": "emotion_model.sample_data",
+    "render_face_clip_with_boxes": "emotion_model.sample_data",
 }
 
 __all__ = sorted(_EXPORTS)

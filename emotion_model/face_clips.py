@@ -201,6 +201,7 @@ class FaceClipAssembler(ClipAssembler):
         self.held: list[tuple[Window, float | None]] = []
         self.prev_t: float | None = None
         self.next_detect = 0.0
+        self._next_start = 0  # the first planned window start not reached yet
         self.face_ids: dict[int, int] = {}  # track id -> face_id (in order of first clip)
         self.clip_counts: dict[int, int] = {}  # face_id -> clips
 
@@ -230,7 +231,11 @@ class FaceClipAssembler(ClipAssembler):
         if self.open_ended:
             k = math.floor(t / self.stride_seconds)
             return k * self.stride_seconds > prev
-        return any(prev < s <= t for s in self.starts)
+        found = False
+        while self._next_start < len(self.starts) and self.starts[self._next_start] <= t:
+            found = found or self.starts[self._next_start] > prev
+            self._next_start += 1
+        return found
 
     def _detect(self, frame: av.VideoFrame, t: float, *, scan: bool) -> None:
         start = time.perf_counter()

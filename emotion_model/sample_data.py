@@ -28,6 +28,7 @@ __all__ = [
     "EMOTION_CODES",
     "make_sample_dataset",
     "render_face_clip",
+    "render_face_clip_with_boxes",
 ]
 
 
@@ -176,7 +177,28 @@ def render_face_clip(
     take_seed: int = 0,
     intensity: float = 1.0,
 ) -> np.ndarray:
-    """Draw a cartoon face acting `emotion`, uint8 RGB `[T, H, W, 3]` in 0..255.
+    """Draw a cartoon face acting `emotion`, uint8 RGB `[T, H, W, 3]` in 0..255 (see
+    `render_face_clip_with_boxes`, which also gives where the face is)."""
+    frames, _ = render_face_clip_with_boxes(
+        emotion, actor_seed=actor_seed, num_frames=num_frames, height=height, width=width,
+        fps=fps, take_seed=take_seed, intensity=intensity)
+    return frames
+
+
+def render_face_clip_with_boxes(
+    emotion: str,
+    *,
+    actor_seed: int,
+    num_frames: int,
+    height: int,
+    width: int,
+    fps: float,
+    take_seed: int = 0,
+    intensity: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw a cartoon face acting `emotion`: uint8 RGB `[T, H, W, 3]` in 0..255, and the face's
+    box in each frame, float `[T, 4]` (x, y, w, h as fractions of the frame: the bounding box
+    of the head's oval, the renderer's own geometry: ground truth for face detection).
 
     The face starts neutral and reaches the full expression by about 30% of the clip
     (onset timing varies per take). What identifies the emotion:
@@ -265,7 +287,10 @@ def render_face_clip(
         canvas += noise[oy:oy + height, ox:ox + width]
         np.clip(canvas, 0, 255, out=canvas)
         out[t] = canvas
-    return out
+    boxes = np.stack([(cx - rx) / width, (cy - ry) / height,
+                      np.full(num_frames, 2 * rx / width), np.full(num_frames, 2 * ry / height)],
+                     axis=1)
+    return out, boxes
 
 
 @dataclass(frozen=True)

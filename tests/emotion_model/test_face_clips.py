@@ -23,6 +23,7 @@ from video_fixtures import CREMA_D_CLIPS, CREMA_D_DIR, make_test_pattern, needs_
 import emotion_model.clip_windows as clip_windows
 from emotion_model.face_clips import FRAME_CROP, CropSpec, FaceTrackInfo
 from emotion_model.faces import FaceBox
+from emotion_model.sample_data import render_face_clip_with_boxes
 from emotion_model.video import ClipReader, read_clips
 from emotion_model.video_writer import encode_video
 
@@ -174,3 +175,21 @@ def test_bad_reader_arguments() -> None:
         CropSpec.of("faces")
     with pytest.raises(ValueError, match="unknown face detector"):
         CropSpec.face(detector="yolo")
+
+
+# --- the drawn-face sample data goes through the face path ---------------------------------------
+@pytest.mark.parametrize(("actor", "size"), [(1, (96, 96)), (4, (160, 160)), (7, (360, 480))])
+def test_drawn_faces_are_found_where_the_renderer_drew_them(
+    tmp_path: Path, actor: int, size: tuple[int, int]
+) -> None:
+    """The renderer's own head boxes are the ground truth: one track, found at every detection,
+    its boxes overlapping the drawn head (IoU >= 0.5)."""
+    frames, boxes = render_face_clip_with_boxes("fearful", actor_seed=actor, num_frames=30,
+                                                height=size[0], width=size[1], fps=15)
+    path = encode_video(tmp_path / "drawn.mp4", frames, fps=15)
+    _, info = read_clips(path, crop=FACE, num_frames=8, img_size=32)
+    (face,) = info.faces
+    assert face.detections == info.detect_frames
+    ious = [FaceBox(x, y, w, h).iou(FaceBox(*boxes[min(29, round(t * 15))]))
+            for t, x, y, w, h in face.path]
+    assert min(ious) >= 0.5
