@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 
-from tasks.training.clip_cache import ClipCache, ClipSpec, build_cache, cache_key
+from emotion_model.face_clips import CropSpec
+from tasks.training.clip_cache import (
+    ClipCache,
+    ClipSpec,
+    build_cache,
+    cache_key,
+    decode_training_clips,
+)
 from tasks.training.data import Example, collect_examples
 
 SPEC = ClipSpec(num_frames=8, img_size=32, clip_seconds=4.0, max_clips=2)
@@ -72,3 +80,36 @@ def test_real_clips_parse_and_decode_through_the_cache(crema_d_dir: Path, ravdes
     for e in kept:
         clips = cache.load(e)
         assert clips.shape[1:] == (32, 64, 64, 3) and clips.std() > 5  # real pictures
+
+
+def test_face_crops_follow_the_main_face_and_key_the_cache(tmp_path: Path,
+                                                           crema_d_dir: Path) -> None:
+    """Face crops: the real clip's face (one track) gives its clips; the key includes the crop,
+    so whole-frame and face-crop clips of one video never share an entry."""
+    face = ClipSpec(8, 32, 4.0, 2, CropSpec.face())
+    examples, _ = collect_examples([str(crema_d_dir)])
+    e = examples[0]
+    assert cache_key(e, face) != cache_key(e, SPEC)
+    assert cache_key(e, face) != cache_key(e, ClipSpec(8, 32, 4.0, 2, CropSpec.face(margin=0.5)))
+    clips = decode_training_clips(e, face)
+    whole = decode_training_clips(e, SPEC)
+    assert clips.shape == whole.shape == (1, 16, 32, 32, 3)
+    assert not np.array_equal(clips, whole)
+
+
+def test_a_training_video_without_a_face_is_left_out(tmp_path: Path, crema_d_dir: Path) -> None:
+    from video_fixtures import make_test_pattern
+
+    from emotion_model.video_writer import encode_video
+
+    folder = tmp_path / "crema"
+    folder.mkdir()
+    shutil.copy(crema_d_dir / "1001_DFA_ANG_XX.flv", folder / "1001_DFA_ANG_XX.flv")
+    encode_video(folder / "1002_DFA_HAP_XX.mp4", make_test_pattern(20, 64, 64), fps=10)
+    examples, _ = collect_examples([str(folder)])
+    cache = ClipCache(str(tmp_path / "cache"), ClipSpec(8, 32, 4.0, 2, CropSpec.face()))
+    kept, report = build_cache(cache, examples)
+    assert [Path(e.uri).name for e in kept] == ["1001_DFA_ANG_XX.flv"]
+    ((uri, problem),) = report.corrupt
+    assert uri.endswith("1002_DFA_HAP_XX.mp4") and problem.startswith("NoFaceError: ")
+    assert problem.endswith("no face found")
