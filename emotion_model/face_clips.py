@@ -4,11 +4,12 @@ and cut each clip window into one clip per face track.
 ::
 
     frame on screen (ClipReader, front to back)
-        -> at detect times (every 1 / detect_fps s, and the first frame of each clip window):
-           the frame converted small (FaceDetector.detection_size) -> FaceDetector.detect:
-           the whole image, plus a look near each known small face; on the first frame of a
-           clip window also overlapping tiles (faces down to ~20 px in 1280x720)
-           -> FaceTracker.update
+        -> at detect times (every 1 / detect_fps s, and the first frame of each clip window),
+           the frame converted small (swscale) and, on a window's first frame and every
+           FULL_EVERY_S: a full detection (BlazeFace full range on the whole image, plus a
+           look near each known small face; on a window's first frame also overlapping tiles:
+           faces down to ~20 px in 1280x720); in between, a tracking step (BlazeFace short
+           range near each known face) -> FaceTracker.update
         -> clip windows keep the decoded frames their targets take (nothing converted yet)
         -> a filled window waits until its boxes are final (the tracker has seen past it),
            then, per track present in at least half its targets (at most max_faces, the
@@ -52,6 +53,10 @@ DEFAULT_MAX_FACES = 4
 DEFAULT_DETECTOR = "blazeface-full-range"
 TRACK_MAX_GAP_S = 1.0
 """A track unseen for longer than this ends."""
+FULL_EVERY_S = 1.0
+"""Seconds between two full detections (the whole image, full-range model). The detections in
+between are tracking steps: the short-range model, near each known face only (or, with no face
+known, on the whole image for close-ups), at a third of the cost."""
 
 
 @dataclass(frozen=True)
@@ -201,6 +206,8 @@ class FaceClipAssembler(ClipAssembler):
         self.held: list[tuple[Window, float | None]] = []
         self.prev_t: float | None = None
         self.next_detect = 0.0
+        self.next_full = 0.0
+        self.short = thread_detector("short_range")  # tracking steps
         self._next_start = 0  # the first planned window start not reached yet
         self.face_ids: dict[int, int] = {}  # track id -> face_id (in order of first clip)
         self.clip_counts: dict[int, int] = {}  # face_id -> clips
@@ -220,8 +227,11 @@ class FaceClipAssembler(ClipAssembler):
         if first or window_start or t >= self.next_detect - 1e-6:
             # tiles (small new faces) only where a window starts: a face must be seen over
             # half a window to get its clip, and the whole-image pass finds faces from ~50 px
-            self._detect(frame, t, scan=first or window_start)
+            full = first or window_start or t >= self.next_full - 1e-6
+            self._detect(frame, t, scan=first or window_start, full=full)
             self.next_detect = t + 1.0 / self.crop.detect_fps
+            if full:
+                self.next_full = t + FULL_EVERY_S
             yield from self._release(self.tracker.final_until)
 
     def _window_starts_in(self, prev: float | None, t: float) -> bool:
@@ -237,15 +247,28 @@ class FaceClipAssembler(ClipAssembler):
             self._next_start += 1
         return found
 
-    def _detect(self, frame: av.VideoFrame, t: float, *, scan: bool) -> None:
-        start = time.perf_counter()
-        width, height = upright_size(frame)
-        dw, dh = self.detector.detection_size(width, height)
-        image = to_rgb(frame, dw, dh, "BILINEAR")
+    def _detect(self, frame: av.VideoFrame, t: float, *, scan: bool, full: bool) -> None:
+        """Detect faces in ``frame`` (a full detection, or a tracking step) and feed the
+        tracker. The frame is converted at `FaceDetector.detection_size` (512 px) when tiles
+        are due or a known face is small, else at the whole-image pass's own size (192 px,
+        ~2x cheaper to convert); swscale's fast bilinear (the detector is not fussy, and it
+        costs 60 % of the default's time when shrinking 720p)."""
         from emotion_model.faces import FaceBox
 
+        start = time.perf_counter()
+        width, height = upright_size(frame)
         near = [FaceBox(b.x, b.y, b.w, b.h, b.score) for b in self.tracker.predicted(t)]
-        boxes = self.detector.detect(image, scan=scan, near=near)
+        if scan or self.detector.needs_detail(width, height, near):
+            size = self.detector.detection_size(width, height)
+        else:
+            size = self.detector.whole_size(width, height)
+        image = to_rgb(frame, *size, "FAST_BILINEAR")
+        if full:
+            boxes = self.detector.detect(image, scan=scan, near=near)
+        elif near:
+            boxes = self.short.track(image, near)
+        else:
+            boxes = self.short.detect(image, scan=False)
         self.tracker.update(t, boxes, width, height)
         self.info.detect_frames += 1
         self.info.detect_s += time.perf_counter() - start

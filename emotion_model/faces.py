@@ -281,6 +281,23 @@ class FaceDetector:
             return width, height
         return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
 
+    def whole_size(self, width: int, height: int) -> tuple[int, int]:
+        """The (width, height) that the whole-image pass alone needs: the long side at the
+        model's input size (never upscaled). A caller with nothing to scan and no small known
+        face converts the frame to this (much cheaper than `detection_size`)."""
+        if width < 1 or height < 1:
+            raise ValueError(f"need a positive frame size, got {width}x{height}")
+        size = self.spec.input_size
+        scale = min(1.0, size / max(width, height))
+        return max(2, round(width * scale)), max(2, round(height * scale))
+
+    def needs_detail(self, width: int, height: int, near: Sequence[FaceBox]) -> bool:
+        """Whether any of ``near`` (boxes in fractions of a ``width`` x ``height`` frame) is
+        small enough for its own pass (see `near_regions`): then the frame must be given at
+        `detection_size`, else `whole_size` is enough."""
+        longest = max(width, height)
+        return any(max(b.w * width, b.h * height) <= self.near_max * longest for b in near)
+
     def tiles(self, width: int, height: int) -> list[_Region]:
         """The `scan` tiles of a `width` x `height` image: squares of side `tile` (at most the
         short side), overlapping by `tile_overlap`, evenly spread to cover the image; none when
@@ -298,10 +315,12 @@ class FaceDetector:
 
         return [(x, y, float(side)) for y in starts(height) for x in starts(width)]
 
-    def near_regions(self, width: int, height: int, near: Sequence[FaceBox]) -> list[_Region]:
+    def near_regions(self, width: int, height: int, near: Sequence[FaceBox], *,
+                     small_only: bool = True) -> list[_Region]:
         """One square per `near` box: `near_scale` times the box's long side (in pixels),
-        centred on it and shifted to lie inside the image where it fits. None for a box whose
-        long side exceeds `near_max` of the image's (the whole-image pass finds it)."""
+        centred on it and shifted to lie inside the image where it fits. With `small_only`,
+        none for a box whose long side exceeds `near_max` of the image's (the whole-image pass
+        finds it)."""
         out = []
         for box in near:
             if not isinstance(box, FaceBox):
@@ -310,7 +329,7 @@ class FaceDetector:
                     or box.h < 0:
                 raise ValueError(f"near box must be finite with w, h >= 0, got {box}")
             long_side = max(box.w * width, box.h * height, 1.0)
-            if long_side > self.near_max * max(width, height):
+            if small_only and long_side > self.near_max * max(width, height):
                 continue
             side = self.near_scale * long_side
             cx, cy = box.centre
@@ -318,6 +337,19 @@ class FaceDetector:
             y0 = _clamp_start(cy * height - side / 2, side, height)
             out.append((x0, y0, side))
         return out
+
+    def track(self, image: np.ndarray, known: Sequence[FaceBox]) -> list[FaceBox]:
+        """Faces re-found near ``known`` boxes only (fractions of `image`): one pass on the
+        square around each, whatever its size; no whole-image pass, no tiles. The cheap step
+        between two full detections; best with the short-range model, since the face fills a
+        third of each square."""
+        _check_image(image)
+        height, width = image.shape[:2]
+        found: list[FaceBox] = []
+        with self._lock:
+            for region in self.near_regions(width, height, known, small_only=False):
+                found += self._detect_region(image, region, True)
+        return non_max_suppression(found, self.iou_threshold)
 
     def detect(self, image: np.ndarray, *, scan: bool = True,
                near: Sequence[FaceBox] = ()) -> list[FaceBox]:
