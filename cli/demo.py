@@ -38,7 +38,7 @@ RECIPE: dict[str, Any] = {
     "max_clips_per_video": 1,
 }
 """tests/flows/test_retrain.py's recipe: the width-16 model at 16 frames of 64 px, about 3 s
-an epoch on 2 cores; held-out accuracy about 0.9 after 20 epochs on these faces."""
+an epoch on 2 cores; held-out accuracy about 0.8 after 20 epochs on face crops of these faces."""
 VIDEO = {"seconds": 2.0, "fps": 15, "size": (96, 96)}
 """The drawn faces: 2 s at 15 fps, 96 x 96 (cheap to render, decode and train on)."""
 
