@@ -48,6 +48,9 @@ DEFAULT_MARGIN = 1.0
 """Crop side = the face box's longer side x (1 + 2 x margin): with 1.0 the face takes a third of
 the crop's width and height, the framing of the CREMA-D frames the model card trained on (its
 face box measures 0.24 of the frame's width and 0.32 of its height: head and shoulders)."""
+CROP_CODE_VERSION = 1
+"""Bumped whenever the detection schedule, the tracking or the cutting here changes the crops
+(part of the clip cache's key, with the detector's own version)."""
 DEFAULT_DETECT_FPS = 5.0
 DEFAULT_MAX_FACES = 4
 DEFAULT_DETECTOR = "blazeface-full-range"
@@ -126,8 +129,8 @@ class CropSpec:
         """A text that changes whenever the crops would (for cache keys)."""
         if self.mode == "frame":
             return "frame"
-        return (f"face:{self.detector}:{self.detector_version}:{self.margin:g}:"
-                f"{self.detect_fps:g}")
+        return (f"face{CROP_CODE_VERSION}:{self.detector}:{self.detector_version}:"
+                f"{self.margin:g}:{self.detect_fps:g}")
 
 
 FRAME_CROP = CropSpec()
