@@ -176,6 +176,12 @@ def face_predictions(
     return out
 
 
+def on_kept_tracks(face_ids: Sequence[int], tracks: Sequence[FaceTrackInfo]) -> np.ndarray:
+    """bool mask: which clips (by their ``face_id``) follow a face track the video kept
+    (``VideoInfo.faces``: at most ``max_faces``)."""
+    return np.isin(np.asarray(face_ids, dtype=np.int64), [t.face_id for t in tracks])
+
+
 def main_face(faces: Sequence[FacePrediction]) -> FacePrediction | None:
     """The longest-seen face track (then the one with more clips, then the lower id): it
     labels the video in face mode."""
@@ -234,10 +240,9 @@ def predict_video(
     labels = predictor.labels
     all_probs = np.concatenate(probs) if probs else np.zeros((0, len(labels)), np.float32)
     if crop.mode == "face":
-        kept = {t.face_id for t in info.faces}  # at most max_faces tracks
-        keep = np.array([c.face_id in kept for c in clips], bool)
+        keep = on_kept_tracks([c.face_id for c in clips], info.faces)
         clips = [c for c, k in zip(clips, keep, strict=True) if k]
-        all_probs = all_probs[keep] if len(keep) else all_probs
+        all_probs = all_probs[keep]
     per_clip = []
     for clip, p in zip(clips, all_probs, strict=True):
         label, conf, named = label_probabilities(p, labels)

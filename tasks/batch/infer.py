@@ -38,7 +38,13 @@ from prefect.cache_policies import NO_CACHE
 
 from emotion_model.errors import LabelMismatchError, VideoError, one_line
 from emotion_model.labels import EMOTION_LABELS
-from emotion_model.predict import Predictor, face_predictions, label_probabilities, main_face
+from emotion_model.predict import (
+    Predictor,
+    face_predictions,
+    label_probabilities,
+    main_face,
+    on_kept_tracks,
+)
 from emotion_model.video import Clip, ClipReader, VideoInfo
 from tasks.batch.planning import ShardPlan
 from tasks.batch.predictors import load_predictor
@@ -416,8 +422,8 @@ class ShardRunner:
         }
         places = state.clips
         if self.crop.mode == "face":
-            kept = {t.face_id for t in info.faces}  # at most max_faces tracks
-            places = [c for c in places if c.face_id in kept]
+            keep = on_kept_tracks([c.face_id for c in places], info.faces)
+            places = [c for c, k in zip(places, keep, strict=True) if k]
         probs = np.array([state.probs[c.key] for c in places], np.float32).reshape(
             len(places), len(self.labels))
         for place, p in zip(places, probs, strict=True):
