@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-dev install-bench demo test lint bench bench-quick clean
+.PHONY: install install-dev install-bench browser demo test lint bench bench-quick clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -18,7 +18,14 @@ install-dev: $(BIN)/python
 demo: install  ## drawn faces -> retrain flow -> production.json -> batch flow on held-out actors
 	$(BIN)/emotion-pipeline demo --dir demo
 
-test: install-dev  ## the whole test suite (what CI runs)
+browser:  ## Debian's chromium, headless, for the tests of the HTML run report
+	@command -v chromium >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium >/dev/null; }; }
+	@chromium --version
+
+test: install-dev browser  ## the whole test suite (what CI runs)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 

@@ -2,8 +2,9 @@
 convention (0 done, 1 the run failed, 2 a bad parameter or input).
 
 Subcommands: ``cli/model.py`` (predict, export, new-model, make-sample-data), ``cli/run.py``
-(run), ``cli/demo.py`` (demo), ``cli/train.py`` (train), ``cli/ops.py`` (pools, doctor). Heavy
-imports (torch, Prefect) happen inside each subcommand, so ``--help`` is instant.
+(run), ``cli/demo.py`` (demo), ``cli/train.py`` (train), ``cli/ops.py`` (pools, doctor),
+``cli/reports.py`` (report, timeline). Heavy imports (torch, Prefect) happen inside each
+subcommand, so ``--help`` is instant.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 
 from rich.console import Console
 
-from cli import demo, model, ops, run, train
+from cli import demo, model, ops, reports, run, train
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, soft_wrap=True)
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.register(sub)
     train.register(sub)
     ops.register(sub)  # pools, doctor
+    reports.register(sub)  # report, timeline
     return parser
 
 

@@ -1,8 +1,9 @@
 """Flow ``batch-inference``: videos under an S3 prefix or a folder in, Parquet out.
 
 preflight (model loads, output writable) -> list + skip done + plan shards -> map the shard
-task, at most ``shard_concurrency`` at once -> commit the run summary. Wiring only: the work
-lives in ``tasks/``.
+task, at most ``shard_concurrency`` at once -> label drift against the trailing runs -> commit
+the run summary -> the run report (``reports/<run_id>.html``). Wiring only: the work lives in
+``tasks/``.
 
 ``task_runner="dask"``: a flow's task runner is fixed when the flow starts, so listing, planning
 and the shards run in a child flow, ``batch-inference-on-dask``, whose ``DaskTaskRunner`` is
@@ -23,8 +24,10 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks.batch.cluster import current_dask_client, dask_task_runner, shard_placement
+from tasks.batch.drift import check_label_drift
 from tasks.batch.infer import ShardResult, infer_shard
 from tasks.batch.planning import ModelInfo, RunPlan, ShardPlan, plan_run_task, preflight_task
+from tasks.batch.report import publish_run_report
 from tasks.batch.settings import BatchSettings
 from tasks.batch.summary import build_summary, commit_run_summary
 from tasks.common.settings import document_parameters
@@ -79,6 +82,19 @@ def plan_and_infer(
     return plan, sorted(results, key=lambda r: r.shard), failed
 
 
+def drift_or_error(summary: dict[str, Any], settings: BatchSettings, date: str) -> dict[str, Any]:
+    """The label-drift task's result for ``summary["drift"]``; when it fails (after its retries)
+    the failure is logged and recorded as ``{"error": ...}``, and the run summary is still
+    committed."""
+    try:
+        return check_label_drift(summary, settings, date).as_dict()
+    except Exception as exc:
+        line = error_line(exc)
+        get_run_logger().error("label drift check failed; the run summary goes without it: %s",
+                               line)
+        return {"error": line}
+
+
 @flow(name="batch-inference-on-dask", validate_parameters=False)
 def plan_and_infer_on_dask(
     settings: BatchSettings, run_id: str, model: ModelInfo, date: str
@@ -120,6 +136,8 @@ def batch_inference(
     task_runner: str = "threads",
     dask_address: str | None = None,
     dask_local_workers: int | None = None,
+    drift_threshold: float = 0.1,
+    drift_window: int = 7,
 ) -> dict[str, Any]:
     """Predict every new or changed video under ``source``; write Parquet under ``output``.
 
@@ -148,7 +166,9 @@ def batch_inference(
         results=results, failed_shards=failed,
         started_at=started, finished_at=dt.datetime.now(dt.UTC),
     )
+    summary["drift"] = drift_or_error(summary, settings, date)
     summary["summary_uri"] = commit_run_summary(summary, settings)
+    summary["report_uri"] = publish_run_report(summary, settings)
     if failed:
         raise RunFailedError(
             f"{len(failed)} of {len(plan.shards)} shards failed to write; see "

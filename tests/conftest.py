@@ -146,6 +146,22 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Any:
     return path
 
 
+@pytest.fixture(scope="session")
+def face_model(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """An UNTRAINED small face model (16 frames of 64 px; its file says ``crop: face``)."""
+    import torch
+
+    from emotion_model.checkpoint import save_deployment
+    from emotion_model.face_clips import CropSpec
+    from emotion_model.model import build_model
+
+    path = tmp_path_factory.mktemp("face-model") / "small-face.safetensors"
+    torch.manual_seed(0)
+    save_deployment(build_model("small").eval(), path, num_frames=16, img_size=64,
+                    crop=CropSpec.face().to_metadata(), untrained=True)
+    return path
+
+
 # --- Prefect: one test server for the session ----------------------------------------------------
 @pytest.fixture(scope="session")
 def prefect_server() -> Iterator[None]:

@@ -63,6 +63,17 @@ class BatchSettings(FlowSettings):
         default=None, ge=1, le=256, validate_default=True,
         description="Worker processes of a Dask cluster started on this machine (dask).",
     )
+    drift_threshold: float = Field(
+        default=0.1, gt=0, le=1,
+        description="Label drift is flagged when the Jensen-Shannon distance (base 2, 0-1) "
+        "between this run's label mix and the trailing runs' exceeds this (0.1: about 10 "
+        "percentage points of the videos changing label).",
+    )
+    drift_window: int = Field(
+        default=7, ge=1,
+        description="Trailing runs on the same output (completed, with labelled videos) whose "
+        "pooled label mix this run is compared with.",
+    )
 
     @field_validator("source", "output", "model")
     @classmethod

@@ -473,17 +473,21 @@ def read_table(
     *,
     columns: Sequence[str] | None = None,
     filter: pc.Expression | None = None,  # pyarrow's name
+    run_id: str | None = None,
 ) -> pa.Table:
     """Read a whole table back (all dates, all runs) as one ``pyarrow.Table``.
 
     The table's schema plus the ``date`` (string) hive partition column; files not ending in
     ``.parquet`` and hidden/temp files (``.``/``_`` prefixes) are ignored. A missing table folder
-    gives an empty table.
+    gives an empty table. `run_id` reads only that run's files (chosen by name, none opened).
     """
     schema = SCHEMAS[_check_table(table)].append(pa.field("date", pa.string()))
     base = join(output, table)
     fs, path = resolve(base, storage_options)
     files = _parquet_files(fs, path, base)
+    if run_id is not None:
+        name = re.compile(rf"{re.escape(_check_run_id(run_id))}-\d{{5}}\.parquet")
+        files = [f for f in files if name.fullmatch(f.rsplit("/", 1)[-1])]
     cols = list(columns) if columns is not None else None
     if not files:
         empty = schema.empty_table()

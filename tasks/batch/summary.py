@@ -9,6 +9,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from tasks.batch.drift import drift_artifact_rows
 from tasks.batch.infer import ShardResult, merge_results
 from tasks.batch.planning import ModelInfo, RunPlan
 from tasks.batch.settings import BatchSettings
@@ -81,7 +82,8 @@ def build_summary(
     retry_condition_fn=retry_transient, cache_policy=NO_CACHE,
 )
 def commit_run_summary(summary: dict[str, Any], settings: BatchSettings) -> str:
-    """Write ``runs/<run_id>.json`` atomically and publish the counts as a table artifact."""
+    """Write ``runs/<run_id>.json`` atomically and publish the counts as a table artifact (its
+    description starts with ``DRIFT FLAGGED:`` when the label-drift check flagged the run)."""
     uri = write_run_summary(settings.output, summary["run_id"], summary, settings.storage_options)
     counts = summary["counts"]
     rows = [{"metric": k, "value": v} for k, v in counts.items()]
@@ -91,10 +93,12 @@ def commit_run_summary(summary: dict[str, Any], settings: BatchSettings) -> str:
         {"metric": "status", "value": summary["status"]},
     ]
     rows += [{"metric": f"label:{k}", "value": v} for k, v in summary["label_distribution"].items()]
+    rows += drift_artifact_rows(summary.get("drift"))
+    mark = "DRIFT FLAGGED: " if (summary.get("drift") or {}).get("flagged") else ""
     create_table_artifact(
         table=rows,
         key="batch-inference-summary",
-        description=f"batch-inference run {summary['run_id']}: {summary['status']}; "
+        description=f"{mark}batch-inference run {summary['run_id']}: {summary['status']}; "
         f"summary at {uri}",
     )
     get_run_logger().info(

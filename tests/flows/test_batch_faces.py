@@ -13,25 +13,9 @@ import pytest
 from face_fixtures import faceless, two_faces
 from video_fixtures import CREMA_D_DIR, needs_encoder
 
-from emotion_model.face_clips import CropSpec
 from flows.batch_inference import batch_inference
 
 CREMA = "1001_DFA_HAP_XX.flv"
-
-
-@pytest.fixture(scope="module")
-def face_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An UNTRAINED small face model (16 frames of 64 px)."""
-    import torch
-
-    from emotion_model.checkpoint import save_deployment
-    from emotion_model.model import build_model
-
-    path = tmp_path_factory.mktemp("face-model") / "small-face.safetensors"
-    torch.manual_seed(0)
-    save_deployment(build_model("small").eval(), path, num_frames=16, img_size=64,
-                    crop=CropSpec.face().to_metadata(), untrained=True)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -60,6 +60,9 @@ BAD_VALUES: list[tuple[str, Any]] = [
     ("queue_depth", 0),
     ("queue_depth", 5000),
     ("shard_concurrency", 0),
+    ("drift_threshold", 0),
+    ("drift_threshold", 1.5),
+    ("drift_window", 0),
 ]
 COVERED_ELSEWHERE = {"task_runner", "dask_address", "dask_local_workers"}
 """Parameters whose bad values tests/flows/test_dask.py refuses."""
