@@ -62,6 +62,16 @@ def print_summary(summary: dict[str, Any], output: str) -> None:
     )
     console.print(f"outputs under {output}: predictions/ videos/ errors/ runs/")
     console.print(f"summary: {summary.get('summary_uri')}")
+    if summary.get("report_uri"):
+        console.print(f"report: {summary['report_uri']}")
+    drift = summary.get("drift") or {}
+    if drift.get("distance") is not None:
+        refs = len(drift["reference_runs"])
+        verdict = "[yellow]flagged[/yellow]" if drift["flagged"] else "not flagged"
+        console.print(f"label drift {verdict}: Jensen-Shannon distance {drift['distance']:.3f} "
+                      f"(threshold {drift['threshold']}) against {refs} earlier runs")
+    elif drift.get("note") or drift.get("error"):
+        console.print(f"label drift: {drift.get('note') or drift.get('error')}", markup=False)
     if c["failed"]:
         stages = ", ".join(f"{k}: {v}" for k, v in summary["failed_by_stage"].items())
         console.print(

@@ -42,11 +42,11 @@ class PageVisit:
     counts: dict[str, str] = field(default_factory=dict)
 
 
-def open_offline(page_path: Path, *, screenshot: Path | None = None,
-                 width: int = 1200) -> PageVisit:
+def open_offline(page_path: Path, *, screenshot: Path | None = None, width: int = 1200,
+                 height: int = 900, full_page: bool = True) -> PageVisit:
     """Load `page_path` in headless Chromium with the network blocked (every request but the
-    page's own file is aborted); return its visible text, requests, failures and a full-page
-    screenshot."""
+    page's own file is aborted); return its visible text, requests, failures and a screenshot
+    (the whole page, or the first `height` pixels)."""
     from playwright.sync_api import sync_playwright
 
     url = page_path.resolve().as_uri()
@@ -54,7 +54,7 @@ def open_offline(page_path: Path, *, screenshot: Path | None = None,
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": width, "height": 900})
+            page = browser.new_page(viewport={"width": width, "height": height})
             page.route("**/*", lambda route: route.continue_()
                        if route.request.url == url else route.abort("internetdisconnected"))
             page.on("request", lambda r: visit.requests.append(r.url))
@@ -69,8 +69,28 @@ def open_offline(page_path: Path, *, screenshot: Path | None = None,
                 "[data-count]",
                 "els => Object.fromEntries(els.map(e => [e.dataset.count, "
                 "(e.querySelector('.n') || e).innerText.trim()]))")
-            visit.screenshot = page.screenshot(full_page=True,
+            visit.screenshot = page.screenshot(full_page=full_page,
                                                path=str(screenshot) if screenshot else None)
         finally:
             browser.close()
     return visit
+
+
+def main() -> None:
+    """``python tests/browser.py PAGE.html OUT.png``: the README's screenshot of a report (the
+    top `--height` pixels, loaded offline as in the tests)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("page", type=Path)
+    parser.add_argument("png", type=Path)
+    parser.add_argument("--width", type=int, default=1000)
+    parser.add_argument("--height", type=int, default=1250)
+    args = parser.parse_args()
+    visit = open_offline(args.page, screenshot=args.png, width=args.width, height=args.height,
+                         full_page=False)
+    assert not visit.failed and visit.requests == [args.page.resolve().as_uri()]
+
+
+if __name__ == "__main__":
+    main()

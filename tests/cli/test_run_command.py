@@ -122,6 +122,9 @@ def test_run_completes_with_a_bad_video_and_says_where_the_errors_are(
     assert summary["run_id"] in out
     c = summary["counts"]
     assert (c["listed"], c["succeeded"], c["failed"]) == (3, 2, 1)
+    report = result.output / "reports" / f"{summary['run_id']}.html"
+    assert f"report: {report}" in out and report.is_file()
+    assert "label drift: first run on this output" in out
 
 
 def test_bad_parameter_exits_2_with_one_error_line(cli_runs: dict[str, CliResult]) -> None:
