@@ -109,6 +109,15 @@ def _pct(x: float) -> str:
     return f"{x:.0%}"
 
 
+def _when(iso: str | None) -> str:
+    """An ISO timestamp as ``YYYY-MM-DD HH:MM:SS UTC`` (as given when it does not parse)."""
+    try:
+        return dt.datetime.fromisoformat(str(iso)).astimezone(dt.UTC).strftime(
+            "%Y-%m-%d %H:%M:%S UTC")
+    except ValueError:
+        return str(iso or "")
+
+
 def _seconds(s: float) -> str:
     return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
 
@@ -289,7 +298,7 @@ def build_run_report(
     added = int(counts.get("skipped_done", 0)) + int(counts.get("deferred_max_videos", 0))
     html = _template().render(
         run_id=run_id, status=summary.get("status", "unknown"),
-        started_at=summary.get("started_at", ""), finished_at=summary.get("finished_at", ""),
+        started_at=_when(summary.get("started_at")), finished_at=_when(summary.get("finished_at")),
         wall=_seconds(float(summary.get("wall_s") or 0)),
         source=params.get("source", ""), output=output,
         untrained=bool(model.get("untrained")),

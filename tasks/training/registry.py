@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -160,6 +161,15 @@ def _version(pointer: Mapping[str, Any] | None) -> str | None:
     return None if pointer is None else str(pointer.get("model_version"))
 
 
+def pointer_relative(registry: str, model_uri: str) -> str:
+    """The ``uri`` to write in ``production.json``: a relative local path (``--registry
+    ./registry``) made relative to the registry, which is how a pointer's relative ``uri`` is
+    read back (`pointer_target`); URIs and absolute paths unchanged."""
+    if "://" in model_uri or os.path.isabs(model_uri) or "://" in registry:
+        return model_uri
+    return os.path.relpath(model_uri, registry).replace(os.sep, "/")
+
+
 def promote_candidate(registry: str, candidate: Candidate, *,
                       champion: dict[str, Any] | None,
                       champion_metrics: dict[str, Any] | None,
@@ -211,7 +221,7 @@ def promote_candidate(registry: str, candidate: Candidate, *,
                              conflicts)
         pointer = {
             "model_version": candidate.model_version,
-            "uri": candidate.model_uri,
+            "uri": pointer_relative(registry, candidate.model_uri),
             "val_accuracy": candidate.metrics["val_accuracy"],
             "val_macro_f1": candidate.metrics["val_macro_f1"],
             "promoted_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

@@ -72,3 +72,22 @@ def test_a_production_json_that_is_not_json_is_a_registry_error(tmp_path: Path) 
     (tmp_path / "production.json").write_text("{half")
     with pytest.raises(RegistryError, match=r"production\.json: not JSON"):
         read_production(str(tmp_path))
+
+
+def test_a_relative_registry_writes_a_pointer_that_resolves_from_anywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tasks.common.model_pointer import resolve_model_uri
+
+    monkeypatch.chdir(tmp_path)  # `train --registry ./registry`, then `run --model ...`
+    model = Path("registry/v1/model.safetensors")
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"weights")
+    promotion = promote_candidate(
+        "./registry", Candidate("v1", "./registry/v1/model.safetensors",
+                                {"val_accuracy": 0.9, "val_macro_f1": 0.9}, "key"),
+        champion=None, champion_metrics=None, evaluate_champion=lambda p: (None, "unused"))
+    assert promotion.pointer is not None and promotion.pointer["uri"] == "v1/model.safetensors"
+    assert Path(resolve_model_uri("./registry/production.json")).resolve() == model.resolve()
+    monkeypatch.chdir(tmp_path / "registry")
+    assert Path(resolve_model_uri("production.json")).resolve() == (tmp_path / model).resolve()
