@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 from browser import PageVisit, open_offline
 from matplotlib.image import imread
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from video_fixtures import make_test_pattern
 
 from cli.main import main
@@ -42,9 +44,17 @@ def _write_videos(root: Path, *, good: int = len(GOOD), bad: bool = True) -> Pat
     return root
 
 
-def _run(source: str, output: str, model_path: Path, **extra: Any) -> dict[str, Any]:
+def _run(source: str, output: str, model_path: Path, **extra: Any) -> Any:
     return batch_inference(source=source, model=str(model_path), output=output,
                            clip_seconds=1.0, batch_size=4, shard_size=4, device="cpu", **extra)
+
+
+def _report_artifact(flow_run_id: Any) -> Any:
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    (artifact,) = [a for a in artifacts if a.key == "batch-inference-report"]
+    return artifact
 
 
 def _screenshot_is_a_page(png: bytes) -> None:
@@ -107,9 +117,12 @@ def test_a_run_with_no_videos_and_one_where_every_video_failed(
     broken = _write_videos(tmp_path / "broken", good=0)
     for name, source in (("empty", empty), ("broken", broken)):
         output = tmp_path / f"out-{name}"
-        summary = _run(str(source), str(output), model_path)
+        state = _run(str(source), str(output), model_path, return_state=True)
+        summary = state.result()
         page = Path(summary["report_uri"])
         assert page == output / "reports" / f"{summary['run_id']}.html"
+        artifact = _report_artifact(state.state_details.flow_run_id)  # the run links its page
+        assert page.resolve().as_uri() in str(artifact.data)  # a link artifact (stored as markdown)
         visit = open_offline(page, screenshot=tmp_path / f"{name}.png")
         _assert_shows_the_summary(visit, summary, page.resolve().as_uri())
         _screenshot_is_a_page(visit.screenshot)
