@@ -217,7 +217,8 @@ def _drift_text(drift: Mapping[str, Any] | None) -> dict:
     text = (f"{drift.get('test', 'Jensen-Shannon distance')} between this run's label mix "
             f"and the pooled mix of the {len(refs)} run(s) before it: "
             f"{drift['distance']:.3f} (flagged above {drift.get('threshold')})"
-            + (f"; chi-square p = {p:.3g}" if p is not None else "") + ".")
+            + (f"; chi-square p = {p:.3g}" if p is not None else "") + "."
+            + (f" Note: {drift['note']}." if drift.get("note") else ""))
     return {"flagged": bool(drift.get("flagged")), "compared": True, "text": text}
 
 
