@@ -3,8 +3,8 @@ convention (0 done, 1 the run failed, 2 a bad parameter or input).
 
 Subcommands: ``cli/model.py`` (predict, export, new-model, make-sample-data), ``cli/run.py``
 (run), ``cli/demo.py`` (demo), ``cli/train.py`` (train), ``cli/ops.py`` (pools, doctor),
-``cli/reports.py`` (report, timeline). Heavy imports (torch, Prefect) happen inside each
-subcommand, so ``--help`` is instant.
+``cli/reports.py`` (report, timeline), ``cli/annotate.py`` (annotate). Heavy imports (torch,
+Prefect) happen inside each subcommand, so ``--help`` is instant.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from rich.console import Console
 
-from cli import demo, model, ops, reports, run, train
+from cli import annotate, demo, model, ops, reports, run, train
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, soft_wrap=True)
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     model.register(sub)  # predict, export, new-model, make-sample-data
+    annotate.register(sub)
     run.register(sub)
     demo.register(sub)
     train.register(sub)

@@ -54,11 +54,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if result.faces and len(result.faces) > 1 and result.label is not None:
         console.print(f"video label (the longest-seen face): [bold]{result.label}[/bold] "
                       f"{result.confidence:.3f}")
+    print_notes(result, predictor)
+    return 0
+
+
+def print_notes(result: Any, predictor: Any) -> None:
+    """The warnings after a video's prediction: partly decoded, untrained model."""
     if result.partial:
         err.print(f"warning: {result.uri}: partly decoded: {result.partial_reason}")
     if predictor.metadata.get("untrained"):
         err.print("note: this model is untrained (random weights): its labels mean nothing")
-    return 0
 
 
 def _clip_table(title: str, labels: tuple[str, ...], clips: list[Any],

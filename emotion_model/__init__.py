@@ -26,6 +26,7 @@ _EXPORTS = {
     "load_training_checkpoint": "emotion_model.checkpoint",
     "Predictor": "emotion_model.predict",
     "predict_video": "emotion_model.predict",
+    "annotate_video": "emotion_model.annotate",
     "export_model": "emotion_model.export",
     "read_state_dict": "emotion_model.weights",
     "encode_video": "emotion_model.video_writer",

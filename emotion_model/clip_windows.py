@@ -148,6 +148,16 @@ class ClipAssembler:
         """Whether ``max_clips`` windows have been filled."""
         return self.max_clips is not None and self.emitted >= self.max_clips
 
+    @property
+    def settled_until(self) -> float:
+        """The start of the first window not closed yet (open, or not opened): every window
+        that starts before it has been closed. +inf when no window is left to open."""
+        if self.windows:
+            return min(w.start for w in self.windows)
+        if self.next_window < len(self.starts):
+            return self.starts[self.next_window]
+        return self.next_window * self.stride_seconds if self.open_ended else math.inf
+
     def show(self, frame: av.VideoFrame, t: float) -> Iterator[Clip]:
         """Put ``frame`` on screen at ``t``: targets from now on take it."""
         self.frame, self._image = frame, None

@@ -285,8 +285,22 @@ class FaceClipAssembler(ClipAssembler):
     def _release(self, until: float) -> Iterator[Clip]:
         ready = [(w, e) for w, e in self.held if w.targets[-1] <= until + 1e-9]
         for item in ready:
-            self.held.remove(item)
             yield from self._face_clips(*item)
+            self.held.remove(item)  # after its clips: `settled_until` passes it only then
+
+    @property
+    def settled_until(self) -> float:
+        """As `ClipAssembler.settled_until`, counting the windows held for their boxes, and
+        no later than the time up to which the tracker's boxes are final."""
+        held = min((w.start for w, _ in self.held), default=math.inf)
+        return min(super().settled_until, held, self.tracker.final_until)
+
+    def face_box(self, face_id: int, t: float) -> tuple[float, float, float, float] | None:
+        """Face ``face_id``'s smoothed box at ``t`` (fractions), as its crops were cut around;
+        None where its track has no box (or no clip yet)."""
+        track_id = next((k for k, v in self.face_ids.items() if v == face_id), None)
+        box = None if track_id is None else self.tracker.box_at(track_id, t)
+        return None if box is None else (box.x, box.y, box.w, box.h)
 
     def flush(self, end: float) -> Iterator[Clip]:
         """The video ended: every box is final; cut the windows still held and record the

@@ -1,10 +1,12 @@
 """Prediction: a ``Predictor`` that turns uint8 clip batches into probabilities on CPU or GPU,
-and ``predict_video`` for one file (the CLI's single-file mode)."""
+and ``predict_video`` for one file (the CLI's single-file mode), made of three steps that
+``emotion_model.annotate`` streams too: ``prediction_reader`` -> ``predict_batches`` ->
+``video_prediction``."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -16,7 +18,7 @@ from emotion_model.face_clips import CropSpec, FaceTrackInfo
 from emotion_model.labels import EMOTION_LABELS
 from emotion_model.model import EmotionClassifier
 from emotion_model.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize
-from emotion_model.video import Clip, ClipReader, VideoSource
+from emotion_model.video import Clip, ClipReader, FrameTap, VideoSource
 
 DeviceName = Literal["auto", "cpu", "cuda"] | str
 
@@ -190,6 +192,98 @@ def main_face(faces: Sequence[FacePrediction]) -> FacePrediction | None:
     return min(faces, key=lambda f: (-(f.last_s - f.first_s), -f.clips, f.face_id))
 
 
+def prediction_reader(
+    predictor: Predictor,
+    source: VideoSource,
+    *,
+    clip_seconds: float = 4.0,
+    stride_seconds: float | None = None,
+    detect_fps: float | None = None,
+    max_faces: int = 4,
+    frame_tap: FrameTap | None = None,
+) -> ClipReader:
+    """The `ClipReader` ``predict_video`` reads ``source`` with: the model's frames per clip,
+    size and crop (``detect_fps`` overriding the model's rate); ``frame_tap`` sees each frame
+    decoded (``emotion_model.annotate`` draws on them)."""
+    return ClipReader(
+        source,
+        num_frames=predictor.num_frames,
+        img_size=predictor.img_size,
+        clip_seconds=clip_seconds,
+        stride_seconds=stride_seconds,
+        crop=predictor.crop.with_detect_fps(detect_fps),
+        max_faces=max_faces,
+        frame_tap=frame_tap,
+    )
+
+
+def predict_batches(
+    predictor: Predictor,
+    clips: Iterable[Clip],
+    batch_size: int | None = None,
+    *,
+    flush: Callable[[], bool] | None = None,
+) -> Iterator[tuple[list[Clip], np.ndarray]]:
+    """``clips`` in batches of ``batch_size`` (default: the predictor's), each with its
+    probabilities ``[len(batch), num_classes]``, as soon as the batch is full (the last one
+    may be smaller). ``flush``, asked after each clip, may cut a batch short (a caller whose
+    held frames wait for these clips); probabilities then differ in the last bits only."""
+    batch_size = batch_size or predictor.preferred_batch_size
+    pending: list[Clip] = []
+    for clip in clips:
+        pending.append(clip)
+        if len(pending) == batch_size or (flush is not None and flush()):
+            yield pending, predictor.probabilities(np.stack([c.frames for c in pending]))
+            pending = []
+    if pending:
+        yield pending, predictor.probabilities(np.stack([c.frames for c in pending]))
+
+
+def clip_prediction(clip: Clip, probs: np.ndarray, labels: Sequence[str]) -> ClipPrediction:
+    """One clip's prediction from its probabilities ``[num_classes]``."""
+    label, conf, named = label_probabilities(probs, labels)
+    return ClipPrediction(clip.index, clip.start_s, clip.end_s, label, conf, named,
+                          clip.face_id, clip.face_box, clip.face_score)
+
+
+def video_prediction(
+    predictor: Predictor, reader: ClipReader, clips: Sequence[Clip], probs: Sequence[np.ndarray]
+) -> VideoPrediction:
+    """What ``predict_video`` returns once ``reader`` has read every clip: ``clips`` in the
+    order read and their probabilities (``probs``: one array per batch). In face mode only the
+    clips of the face tracks the video kept count."""
+    info = reader.info
+    labels = predictor.labels
+    all_probs = np.concatenate(probs) if len(probs) else np.zeros((0, len(labels)), np.float32)
+    mode = reader.crop.mode
+    if mode == "face":
+        keep = on_kept_tracks([c.face_id for c in clips], info.faces)
+        clips = [c for c, k in zip(clips, keep, strict=True) if k]
+        all_probs = all_probs[keep]
+    per_clip = [clip_prediction(c, p, labels) for c, p in zip(clips, all_probs, strict=True)]
+    faces: list[FacePrediction] = []
+    if mode == "face":
+        faces = face_predictions([c.face_id for c in clips], all_probs, info.faces, labels)
+        main = main_face(faces)
+        label, conf, named = (main.label, main.confidence, main.probabilities) if main else (
+            None, None, None)
+    else:
+        label, conf, named = label_probabilities(all_probs.mean(axis=0), labels)
+    return VideoPrediction(
+        uri=info.uri,
+        clips=per_clip,
+        label=label,
+        confidence=conf,
+        probabilities=named,
+        duration_s=info.duration_s,
+        partial=info.partial,
+        partial_reason=info.partial_reason,
+        model_version=predictor.model_version,
+        crop=mode,
+        faces=faces,
+    )
+
+
 def predict_video(
     model: EmotionClassifier | Predictor,
     source: VideoSource,
@@ -213,59 +307,12 @@ def predict_video(
     predictor = model if isinstance(model, Predictor) else Predictor(
         model, metadata, device=device
     )
-    crop = predictor.crop.with_detect_fps(detect_fps)
-    reader = ClipReader(
-        source,
-        num_frames=predictor.num_frames,
-        img_size=predictor.img_size,
-        clip_seconds=clip_seconds,
-        stride_seconds=stride_seconds,
-        crop=crop,
-        max_faces=max_faces,
-    )
-    batch_size = batch_size or predictor.preferred_batch_size
+    reader = prediction_reader(predictor, source, clip_seconds=clip_seconds,
+                               stride_seconds=stride_seconds, detect_fps=detect_fps,
+                               max_faces=max_faces)
     clips: list[Clip] = []
-    probs = []
-    pending: list[Clip] = []
-    for clip in reader:
-        pending.append(clip)
-        if len(pending) == batch_size:
-            probs.append(predictor.probabilities(np.stack([c.frames for c in pending])))
-            clips += pending
-            pending = []
-    if pending:
-        probs.append(predictor.probabilities(np.stack([c.frames for c in pending])))
-        clips += pending
-    info = reader.info
-    labels = predictor.labels
-    all_probs = np.concatenate(probs) if probs else np.zeros((0, len(labels)), np.float32)
-    if crop.mode == "face":
-        keep = on_kept_tracks([c.face_id for c in clips], info.faces)
-        clips = [c for c, k in zip(clips, keep, strict=True) if k]
-        all_probs = all_probs[keep]
-    per_clip = []
-    for clip, p in zip(clips, all_probs, strict=True):
-        label, conf, named = label_probabilities(p, labels)
-        per_clip.append(ClipPrediction(clip.index, clip.start_s, clip.end_s, label, conf, named,
-                                       clip.face_id, clip.face_box, clip.face_score))
-    faces: list[FacePrediction] = []
-    if crop.mode == "face":
-        faces = face_predictions([c.face_id for c in clips], all_probs, info.faces, labels)
-        main = main_face(faces)
-        label, conf, named = (main.label, main.confidence, main.probabilities) if main else (
-            None, None, None)
-    else:
-        label, conf, named = label_probabilities(all_probs.mean(axis=0), labels)
-    return VideoPrediction(
-        uri=info.uri,
-        clips=per_clip,
-        label=label,
-        confidence=conf,
-        probabilities=named,
-        duration_s=info.duration_s,
-        partial=info.partial,
-        partial_reason=info.partial_reason,
-        model_version=predictor.model_version,
-        crop=crop.mode,
-        faces=faces,
-    )
+    probs: list[np.ndarray] = []
+    for batch, p in predict_batches(predictor, reader, batch_size):
+        clips += batch
+        probs.append(p)
+    return video_prediction(predictor, reader, clips, probs)

@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Literal
 
@@ -58,6 +59,9 @@ log = logging.getLogger(__name__)
 VideoSource = str | os.PathLike[str] | IO[bytes] | bytes
 Interpolation = Literal["FAST_BILINEAR", "BILINEAR", "BICUBIC", "AREA", "POINT"]
 ThreadType = Literal["AUTO", "FRAME", "SLICE", "NONE"]
+FrameTap = Callable[[av.VideoFrame, float], None]
+"""Called with each frame the reader shows (decoded, not converted) and its time in seconds
+from the first frame, in order, before any clip takes it."""
 
 # Demuxers that hold one picture, not a video: refused as "a still image".
 _IMAGE_FORMATS = {"image2", "image2pipe", "mjpeg_2000", "apng"}
@@ -107,6 +111,8 @@ class ClipReader:
             window gives one clip per face track (``Clip.face_id``), cut around the face.
         max_faces: face tracks kept per video, the largest and longest first (face mode).
         detector: a ``FaceDetector`` to reuse (face mode; default: one made for the reader).
+        frame_tap: called with every frame shown (see `FrameTap`): the one decoding pass
+            also feeds the caller (``emotion_model.annotate``); None costs nothing.
 
     Raises (when iterated): EmptyVideoError, CorruptVideoError, NoVideoStreamError,
     NoDecodableFramesError.
@@ -128,6 +134,7 @@ class ClipReader:
         crop: CropSpec = FRAME_CROP,
         max_faces: int = 4,
         detector: FaceDetector | None = None,
+        frame_tap: FrameTap | None = None,
     ) -> None:
         if num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
@@ -152,6 +159,10 @@ class ClipReader:
         self.crop = crop
         self.max_faces = max_faces
         self.detector = detector
+        self.frame_tap = frame_tap
+        self._assembler: ClipAssembler | None = None
+        self._whole_pending = False  # a short video: its one clip comes at its end
+        self._ended = False
         name = uri or (os.fspath(source) if isinstance(source, str | os.PathLike) else None)
         self.info = VideoInfo(uri=name or getattr(source, "name", None) or "<video>",
                               crop=crop.mode)
@@ -191,6 +202,29 @@ class ClipReader:
                 uri, f"not a readable video container ({one_line(exc, 300)})"
             ) from None
 
+    # -- progress, for a caller that holds frames (frame_tap) -----------------------------
+    @property
+    def settled_until(self) -> float:
+        """Every clip of every window that starts before this time (seconds from the first
+        frame) has been yielded, and face boxes before it are final (`face_box`): -inf before
+        the first frame, +inf once the video has ended."""
+        assembler = self._assembler
+        if self._ended:
+            return math.inf
+        if assembler is None or (self._whole_pending and assembler.emitted == 0):
+            return -math.inf
+        return assembler.settled_until
+
+    def face_box(self, face_id: int, t: float) -> tuple[float, float, float, float] | None:
+        """Face mode: face ``face_id``'s box at ``t`` (``(x, y, w, h)``, fractions of the
+        upright frame): its track's smoothed path interpolated, the boxes its crops were cut
+        around; None where the track has no box, or in frame mode. Final for ``t <
+        settled_until``."""
+        assembler = self._assembler
+        if not isinstance(assembler, FaceClipAssembler):
+            return None
+        return assembler.face_box(face_id, t)
+
     # -- iteration ----------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Clip]:
         container = self._open()
@@ -223,7 +257,7 @@ class ClipReader:
         info.codec, info.width, info.height = ctx.name, ctx.width, ctx.height
         return stream
 
-    def _assembler(self, starts: list[float], open_ended: bool) -> ClipAssembler:
+    def _make_assembler(self, starts: list[float], open_ended: bool) -> ClipAssembler:
         """Whole frames, or (``crop`` in face mode) one clip per face track."""
         kwargs: dict[str, Any] = dict(
             open_ended=open_ended, clip_seconds=self.clip_seconds,
@@ -252,7 +286,8 @@ class ClipReader:
         kept = _KeptFrames()
         starts = [] if short else plan_window_starts(
             meta_duration, self.clip_seconds, self.stride_seconds)
-        assembler = self._assembler(starts, open_ended=meta_duration is None)
+        assembler = self._make_assembler(starts, open_ended=meta_duration is None)
+        self._assembler, self._whole_pending, self._ended = assembler, short, False
         bad = _BadData()
         t0: float | None = None
         prev_t: float | None = None  # time of the frame on screen, from the first frame
@@ -279,6 +314,8 @@ class ClipReader:
                     if assembler.done:
                         break
                 prev_t = rel
+                if self.frame_tap is not None:
+                    self.frame_tap(frame, rel)
                 yield from assembler.show(frame, rel)
                 info.frames_decoded += 1
                 if keep and rel < self.clip_seconds:
@@ -302,6 +339,7 @@ class ClipReader:
                 yield from assembler.whole_video(kept.frames, end)
         kept.clear()
         yield from assembler.flush(end)
+        self._ended = True
         info.clips = assembler.emitted
         self._note_partial(end, meta_duration, max(len(starts), int(short)), error, bad)
 
@@ -454,6 +492,7 @@ __all__ = [
     "Clip",
     "ClipReader",
     "CropSpec",
+    "FrameTap",
     "VideoInfo",
     "VideoSource",
     "plan_targets",
