@@ -178,3 +178,19 @@ def test_report_command_writes_the_page_and_refuses_a_missing_run(
     assert main(["report", str(tmp_path / "nowhere")]) == 2
     assert main(["report", str(tmp_path)]) == 2
     assert "no run summaries under" in capsys.readouterr().err
+
+
+def test_a_report_that_cannot_be_written_never_fails_the_run(
+    prefect_server: None, model_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = _write_videos(tmp_path / "src", good=1, bad=False)
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "reports").write_text("a file where the reports folder would go\n")
+
+    summary = _run(str(source), str(output), model_path)
+
+    assert summary["status"] == "completed" and summary["report_uri"] is None
+    assert (output / "runs" / f"{summary['run_id']}.json").is_file()  # the summary is kept
+    assert any("run report not written (rebuild it with `emotion-pipeline report" in r.message
+               for r in caplog.records)
