@@ -106,7 +106,7 @@ def _cmd_new_model(args: argparse.Namespace) -> int:
     from emotion_model.model import build_model
 
     torch.manual_seed(args.seed)
-    model = build_model("small" if args.small else "r50").eval()
+    model = build_model("small" if args.small else "r50", modality=args.modality).eval()
     meta = save_deployment(
         model, args.output, num_frames=args.num_frames, img_size=args.img_size,
         crop=CropSpec.of(args.crop).to_metadata(), untrained=True,
@@ -115,8 +115,8 @@ def _cmd_new_model(args: argparse.Namespace) -> int:
     )
     size_mb = Path(args.output).stat().st_size / 1e6 if "://" not in str(args.output) else 0
     console.print(
-        f"wrote {args.output}: untrained {'small' if args.small else 'r50'} model, "
-        f"{args.crop} crops, version {meta['model_version']}"
+        f"wrote {args.output}: untrained {'small' if args.small else 'r50'} {args.modality} "
+        f"model, {args.crop} crops, version {meta['model_version']}"
         + (f", {size_mb:.1f} MB" if size_mb else "")
     )
     return 0
@@ -127,10 +127,23 @@ def _cmd_make_sample_data(args: argparse.Namespace) -> int:
 
     paths = make_sample_dataset(
         args.output, actors=args.actors, layout=args.layout, seed=args.seed,
-        takes_per_emotion=args.takes,
+        takes_per_emotion=args.takes, audio=args.audio, ambiguous=args.ambiguous_faces,
     )
-    console.print(f"wrote {len(paths)} synthetic videos under {args.output}")
+    sound = " with synthetic voices (prosody, not speech)" if args.audio else " (no audio)"
+    console.print(f"wrote {len(paths)} synthetic videos{sound} under {args.output}")
     return 0
+
+
+def _emotion_list(text: str) -> tuple[str, ...]:
+    """``angry,disgust`` -> the emotions, each one of the six labels (argparse type)."""
+    from emotion_model.labels import EMOTION_LABELS
+
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    bad = [n for n in names if n not in EMOTION_LABELS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown emotions {bad}; allowed: "
+                                         f"{','.join(EMOTION_LABELS)}")
+    return names
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -166,15 +179,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--crop", choices=["face", "frame"], default="face",
                    help="face (default): clips cut around each detected face; frame: the whole "
                    "frame resized, as the model card's model")
+    p.add_argument("--modality", choices=["video", "audio", "audio-video"], default="video",
+                   help="video (default): the frames, as the model card's model; audio: the "
+                   "clip's log-mel; audio-video: both, fused before the head")
     p.set_defaults(func=_cmd_new_model)
 
     p = sub.add_parser("make-sample-data", help="render synthetic face videos (not real data)",
                        description="Render short videos of drawn faces whose expression follows "
-                       "each emotion, named like RAVDESS or CREMA-D, to exercise the pipeline on "
-                       "a CPU. Synthetic: says nothing about accuracy on real faces.")
+                       "each emotion, with a synthetic voice whose prosody (pitch, loudness, "
+                       "rate, voice quality) follows it too (not speech: no words), named like "
+                       "RAVDESS or CREMA-D, to exercise the pipeline on a CPU. Synthetic: says "
+                       "nothing about accuracy on real faces or voices.")
     p.add_argument("output", help="folder to write")
     p.add_argument("--actors", type=int, default=6, help="number of actors (default 6)")
     p.add_argument("--layout", choices=["ravdess", "crema-d"], default="ravdess")
     p.add_argument("--takes", type=int, default=1, help="takes per emotion per actor")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--audio", action=argparse.BooleanOptionalAction, default=True,
+                   help="a 16 kHz AAC voice track per video (default; RAVDESS names then use "
+                   "modality 01, audio-video); --no-audio: video only (modality 02)")
+    p.add_argument("--ambiguous-faces", type=_emotion_list, default=(), metavar="EMOTIONS",
+                   help="comma-separated emotions (e.g. angry,disgust) whose faces are drawn "
+                   "neutral, so only the voice tells them apart (needs --audio)")
     p.set_defaults(func=_cmd_make_sample_data)

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
+from emotion_model.audio import AudioSpec
 from emotion_model.errors import (
     ArchitectureMismatchError,
     CheckpointError,
@@ -30,7 +31,13 @@ from emotion_model.errors import (
 )
 from emotion_model.files import Source, bytes_io, read_source_bytes, write_target
 from emotion_model.labels import EMOTION_LABELS
-from emotion_model.model import EmotionClassifier
+from emotion_model.model import (
+    MODALITIES,
+    R50_WIDTH,
+    EmotionClassifier,
+    Modality,
+    modality_of_state,
+)
 from emotion_model.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from emotion_model.weights import (
     METADATA_KEY,
@@ -44,7 +51,9 @@ DEFAULT_IMG_SIZE = 112
 DEPLOYMENT_FORMAT = "emotion-pipeline/deployment"
 TRAINING_FORMAT = "emotion-pipeline/training"
 FORMAT_VERSION = 1
-_ARCH_KEYS = ("num_classes", "hidden_size", "dropout", "use_se", "width")
+_ARCH_KEYS = ("num_classes", "hidden_size", "dropout", "use_se", "width", "modality_dropout")
+_RESERVED = ("modality", "audio")
+"""Metadata keys that come from the model, never from ``save_deployment``'s extra keywords."""
 
 
 def weights_sha256(state: Mapping[str, Tensor]) -> str:
@@ -82,8 +91,12 @@ def save_deployment(
 
     ``path`` is a local path (written atomically), an fsspec URI (one PUT) or a binary file.
     Extra keyword arguments (``data_fingerprint``, ``untrained``, ``notes``...) are stored as
-    metadata; they must be JSON-serialisable.
+    metadata; they must be JSON-serialisable. ``modality`` and ``audio`` (the model's
+    ``AudioSpec``, None for a video model) come from the model.
     """
+    reserved = sorted(set(metadata) & set(_RESERVED))
+    if reserved:
+        raise ValueError(f"{reserved} come from the model, not from keyword arguments")
     labels = list(labels)
     if len(labels) != model.num_classes:
         raise ValueError(f"{len(labels)} labels for a model with {model.num_classes} outputs")
@@ -101,7 +114,8 @@ def save_deployment(
         "img_size": int(img_size),
         "mean": [float(v) for v in mean],
         "std": [float(v) for v in std],
-        "architecture": {k: model.config[k] for k in _ARCH_KEYS},
+        "architecture": dict(model.config),
+        **_modality_record(model),
         "metrics": dict(metrics or {}),
         "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
@@ -111,10 +125,25 @@ def save_deployment(
     return record
 
 
+def _modality_record(model: EmotionClassifier) -> dict[str, Any]:
+    """``modality`` and ``audio`` (the AudioSpec as a dict, None for a video model)."""
+    spec = model.audio_spec
+    return {"modality": model.modality, "audio": spec.to_metadata() if spec else None}
+
+
 def _default_metadata(state: Mapping[str, Tensor]) -> dict[str, Any]:
-    """Metadata for a plain state dict: architecture inferred from tensor shapes."""
+    """Metadata for a plain state dict: architecture and modality inferred from the tensors
+    (an audio model's log-mel as ``AudioSpec`` with the weights' number of mel bands)."""
+    modality = modality_of_state(state)
     try:
-        width = int(state["backbone.blocks.0.multipathway_blocks.0.conv.weight"].shape[0])
+        if modality is None:
+            raise KeyError("backbone.* or audio_encoder.*")
+        width = R50_WIDTH
+        if modality != "audio":
+            width = int(state["backbone.blocks.0.multipathway_blocks.0.conv.weight"].shape[0])
+        audio = None
+        if modality != "video":
+            audio = AudioSpec(n_mels=int(state["audio_encoder.input_norm.weight"].shape[0]))
         hidden, _ = state["head.1.weight"].shape
         num_classes = int(state["head.4.weight"].shape[0])
     except KeyError as exc:
@@ -136,6 +165,8 @@ def _default_metadata(state: Mapping[str, Tensor]) -> dict[str, Any]:
             "use_se": any(".act_b." in k for k in state),
             "width": width,
         },
+        "modality": modality,
+        "audio": audio.to_metadata() if audio else None,
         "metrics": {},
     }
 
@@ -152,14 +183,16 @@ def _read_deployment(source: Source) -> tuple[str, _Loaded]:
         raise TruncatedCheckpointError(name, "empty file (0 bytes)")
     if is_torch_file(data):
         obj = torch_load_weights_only(name, data)
+        recorded: dict[str, Any] = {}
         if isinstance(obj, dict) and obj.get("format") == TRAINING_FORMAT:
+            recorded = {k: obj[k] for k in _RESERVED if k in obj}
             obj = obj["model"]
         elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
             obj = obj["state_dict"]
         if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
             raise CheckpointError(name, "the torch file holds no state dict of tensors")
         try:
-            return name, _Loaded(dict(obj), _default_metadata(obj))
+            return name, _Loaded(dict(obj), {**_default_metadata(obj), **recorded})
         except KeyError as exc:
             raise ArchitectureMismatchError(name, exc.args[0]) from exc
     state, metadata = load_safetensors(name, data)
@@ -182,7 +215,9 @@ def load_deployment(
     ``source``: local path, ``file://`` or fsspec URI (``s3://...``), bytes or a binary file.
     Checks, each with its own error: empty or truncated file, damaged weights (sha256 differs
     from the recorded one), a pickle that needs arbitrary code (refused), weights that do not
-    fit the recorded architecture, labels other than ``expected_labels`` (None: any).
+    fit the recorded architecture or modality, labels other than ``expected_labels`` (None:
+    any). A file without ``modality`` is a video model; the returned metadata always has
+    ``modality`` and ``audio`` (None for a video model).
     """
     name, loaded = _read_deployment(source)
     state, metadata = loaded.state, loaded.metadata
@@ -212,8 +247,11 @@ def load_deployment(
         raise LabelMismatchError(
             name, f"labels {labels} differ from the expected {list(expected_labels)}"
         )
+    modality, audio = _modality_of(name, metadata, state)
+    metadata["modality"] = modality
+    metadata["audio"] = audio.to_metadata() if audio else None
     try:
-        model = EmotionClassifier(**arch)
+        model = EmotionClassifier(**arch, modality=modality, audio_spec=audio)
     except (TypeError, ValueError) as exc:
         raise ArchitectureMismatchError(name, f"bad architecture {arch}: {exc}") from exc
     try:
@@ -232,6 +270,41 @@ def load_deployment(
             f"e.g. {problems[0]}"
         )
     return model.to(device).eval(), metadata
+
+
+_HELD = {
+    None: "neither a SlowFast backbone nor an audio encoder",
+    "video": "a video model's (a SlowFast backbone, no audio encoder)",
+    "audio": "an audio model's (an audio encoder, no SlowFast backbone)",
+    "audio-video": "an audio-video model's (a SlowFast backbone and an audio encoder)",
+}
+
+
+def _modality_of(
+    name: str, metadata: Mapping[str, Any], state: Mapping[str, Tensor]
+) -> tuple[Modality, AudioSpec | None]:
+    """The recorded modality and audio spec, checked against each other and the weights."""
+    modality = metadata.get("modality") or "video"
+    if modality not in MODALITIES:
+        raise ArchitectureMismatchError(
+            name, f"unknown modality {modality!r} (known: {', '.join(MODALITIES)})"
+        )
+    try:
+        audio = AudioSpec.from_metadata(metadata.get("audio"))
+    except (TypeError, ValueError) as exc:
+        raise ArchitectureMismatchError(name, f"bad audio settings: {exc}") from exc
+    if (audio is None) != (modality == "video"):
+        raise ArchitectureMismatchError(
+            name, f"modality {modality!r} with audio settings {metadata.get('audio')!r}: "
+            "an audio model records its log-mel (audio), a video model none"
+        )
+    held = modality_of_state(state)
+    if held != modality:
+        raise ArchitectureMismatchError(
+            name, f"the metadata says modality {modality!r} but the weights are "
+            f"{_HELD[held]}"
+        )
+    return modality, audio
 
 
 def _load_state_checked(name: str, model: nn.Module, state: Mapping[str, Tensor]) -> None:
@@ -291,7 +364,8 @@ def save_training_checkpoint(
     payload = {
         "format": TRAINING_FORMAT,
         "format_version": FORMAT_VERSION,
-        "architecture": {k: model.config[k] for k in _ARCH_KEYS},
+        "architecture": dict(model.config),
+        **_modality_record(model),
         "model": _cpu_state(model),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,

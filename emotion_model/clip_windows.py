@@ -29,6 +29,11 @@ class Clip:
     With face crops, ``face_id`` is the face track the clip follows (-1: the whole frame),
     ``face_box`` its mean box over the clip ``(x, y, w, h)`` as fractions of the frame, and
     ``face_score`` the detector's mean score.
+
+    With audio (``ClipReader(audio=AudioSpec(...))``), ``audio`` is the log-mel of the clip's
+    window, float32 ``[n_mels, frames]`` (``emotion_model.audio``; the clips of one window
+    share it); where the window has no usable audio it is the log-mel of silence,
+    ``audio_present`` is False and ``audio_reason`` says why. Without: None, False, None.
     """
 
     index: int
@@ -38,6 +43,9 @@ class Clip:
     face_id: int = -1
     face_box: tuple[float, float, float, float] | None = None
     face_score: float | None = None
+    audio: np.ndarray | None = None
+    audio_present: bool = False
+    audio_reason: str | None = None
 
 
 @dataclass

@@ -1,5 +1,10 @@
 """Export to ONNX (dynamic batch) and TorchScript, each checked against the eager model
-before anything is written."""
+before anything is written.
+
+The inputs follow the model's modality: ``frames`` float32 [B, T, 3, H, W] (video),
+``audio`` float32 [B, n_mels, frames] and ``audio_present`` bool [B] (audio), all three in
+that order (audio-video); the output is ``logits`` [B, C].
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from emotion_model.audio import AudioSpec
 from emotion_model.errors import ExportParityError
 from emotion_model.files import atomic_write
 from emotion_model.model import EmotionClassifier
@@ -26,15 +32,50 @@ PARITY_TOLERANCE = 1e-4
 """Largest allowed absolute difference between exported and eager probabilities."""
 
 
-def _example(metadata: Mapping[str, Any], batch: int, seed: int) -> torch.Tensor:
+def input_names(model: EmotionClassifier) -> list[str]:
+    """The exported model's inputs, in order, for its modality."""
+    modality = getattr(model, "modality", "video")
+    video = ["frames"] if modality != "audio" else []
+    return video + (["audio", "audio_present"] if modality != "video" else [])
+
+
+class _TensorInputs(torch.nn.Module):
+    """An audio model with its exported inputs as positional tensors (no None to trace)."""
+
+    def __init__(self, model: EmotionClassifier) -> None:
+        super().__init__()
+        self.model = model
+        self.has_frames = model.modality != "audio"
+        self.train(model.training)  # the exporter restores this mode on the wrapped model too
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        frames = inputs[0] if self.has_frames else None
+        audio, present = inputs[-2:]
+        return self.model(frames, audio, present)
+
+
+def _exportable(model: EmotionClassifier) -> torch.nn.Module:
+    """The module to trace: a video model as it is (its exports stay what they were)."""
+    return model if getattr(model, "modality", "video") == "video" else _TensorInputs(model)
+
+
+def _example(
+    model: EmotionClassifier, metadata: Mapping[str, Any], batch: int, seed: int
+) -> tuple[torch.Tensor, ...]:
+    """Random inputs for ``input_names(model)``; ``audio_present`` is False for every third
+    clip, so the parity checks cover the no-audio embedding too."""
     t, s = int(metadata.get("num_frames", 48)), int(metadata.get("img_size", 112))
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, t, 3, s, s, generator=gen)
+    made: dict[str, torch.Tensor] = {"frames": torch.randn(batch, t, 3, s, s, generator=gen)}
+    spec = getattr(model, "audio_spec", None) or AudioSpec()
+    made["audio"] = torch.randn(batch, *spec.shape, generator=gen)
+    made["audio_present"] = torch.arange(batch) % 3 != 2
+    return tuple(made[name] for name in input_names(model))
 
 
-def _eager_probs(model: EmotionClassifier, x: torch.Tensor) -> np.ndarray:
+def _eager_probs(model: EmotionClassifier, inputs: tuple[torch.Tensor, ...]) -> np.ndarray:
     with torch.inference_mode():
-        return torch.softmax(model(x), -1).numpy()
+        return torch.softmax(_exportable(model)(*inputs), -1).numpy()
 
 
 def _check(name: str, got: np.ndarray, want: np.ndarray, tolerance: float) -> float:
@@ -52,24 +93,24 @@ def export_onnx(
     *,
     tolerance: float = PARITY_TOLERANCE,
 ) -> tuple[bytes, float]:
-    """ONNX bytes with a dynamic batch axis (input ``frames`` float32 [B, T, 3, H, W], output
-    ``logits`` [B, C]), and the parity measured with onnxruntime on random input (batches of 1
-    and 3)."""
+    """ONNX bytes with a dynamic batch axis (inputs ``input_names(model)``, output ``logits``
+    [B, C]), and the parity measured with onnxruntime on random input (batches of 1 and 3)."""
     import onnx
     import onnxruntime as ort
 
     model = model.eval()
-    x = _example(metadata, 2, seed=0)
+    names = input_names(model)
+    x = _example(model, metadata, 2, seed=0)
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model,
-            (x,),
+            _exportable(model),
+            x,
             buffer,
-            input_names=["frames"],
+            input_names=names,
             output_names=["logits"],
-            dynamic_axes={"frames": {0: "batch"}, "logits": {0: "batch"}},
+            dynamic_axes={name: {0: "batch"} for name in [*names, "logits"]},
             opset_version=17,
             dynamo=False,
         )
@@ -81,8 +122,9 @@ def export_onnx(
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     worst = 0.0
     for batch, seed in ((1, 1), (3, 2)):
-        probe = _example(metadata, batch, seed)
-        (logits,) = session.run(["logits"], {"frames": probe.numpy()})
+        probe = _example(model, metadata, batch, seed)
+        feed = {name: t.numpy() for name, t in zip(names, probe, strict=True)}
+        (logits,) = session.run(["logits"], feed)
         got = torch.softmax(torch.from_numpy(logits), -1).numpy()
         worst = max(worst, _check("onnx export", got, _eager_probs(model, probe), tolerance))
     return data, worst
@@ -94,12 +136,13 @@ def export_torchscript(
     *,
     tolerance: float = PARITY_TOLERANCE,
 ) -> tuple[bytes, float]:
-    """TorchScript (traced) bytes, metadata in ``extra_files['metadata.json']``, and parity."""
+    """TorchScript (traced) bytes, metadata in ``extra_files['metadata.json']``, and parity.
+    The traced module takes ``input_names(model)`` as positional tensors."""
     model = model.eval()
-    x = _example(metadata, 2, seed=0)
+    x = _example(model, metadata, 2, seed=0)
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(model, (x,), check_trace=False)
+        traced = torch.jit.trace(_exportable(model), x, check_trace=False)
     buffer = io.BytesIO()
     extra = {"metadata.json": json.dumps(dict(metadata), default=str)}
     with warnings.catch_warnings():  # torch.jit.save/load warn that TorchScript is deprecated
@@ -109,9 +152,9 @@ def export_torchscript(
         loaded = torch.jit.load(buffer, map_location="cpu")
     worst = 0.0
     for batch, seed in ((1, 1), (3, 2)):
-        probe = _example(metadata, batch, seed)
+        probe = _example(model, metadata, batch, seed)
         with torch.no_grad():
-            got = torch.softmax(loaded(probe), -1).numpy()
+            got = torch.softmax(loaded(*probe), -1).numpy()
         worst = max(worst, _check("torchscript export", got, _eager_probs(model, probe), tolerance))
     return buffer.getvalue(), worst
 

@@ -13,6 +13,13 @@ and a small classification head, as the model card describes it.
 
 The backbone keeps pytorchvideo's module names (``backbone.blocks.0`` ... ``backbone.blocks.5``),
 so Kinetics-400 ``SLOWFAST_8x8_R50`` weights map onto it; only the head is new.
+
+``modality`` picks the inputs: ``"video"`` (the above, the default: the model card's model,
+no audio parameters), ``"audio"`` (``emotion_model.audio_model.AudioEncoder`` over the clip's
+log-mel, no backbone) or ``"audio-video"`` (the pooled SlowFast features and the audio
+embedding concatenated before the same head). An audio model also learns a "no audio"
+embedding that stands in for clips without sound, and, in training, for a random share of
+clips with sound (modality dropout), so it still predicts when a file has no audio track.
 """
 
 from __future__ import annotations
@@ -20,10 +27,11 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
+import torch
 from torch import Tensor, nn
 
 with warnings.catch_warnings():  # fvcore / pytorchvideo import torch.jit.script at import time
@@ -32,6 +40,8 @@ with warnings.catch_warnings():  # fvcore / pytorchvideo import torch.jit.script
     from pytorchvideo.models.resnet import create_bottleneck_block
     from pytorchvideo.models.slowfast import create_slowfast
 
+from emotion_model.audio import AudioSpec
+from emotion_model.audio_model import AUDIO_MIN_SIZE, AudioEncoder
 from emotion_model.errors import ArchitectureMismatchError, CheckpointError
 from emotion_model.files import source_name
 from emotion_model.labels import EMOTION_LABELS
@@ -49,6 +59,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "small": {"width": 16},
 }
 """Named architecture variants; ``EmotionClassifier(**PRESETS["small"])`` is the test model."""
+
+Modality = Literal["video", "audio", "audio-video"]
+MODALITIES: tuple[str, ...] = get_args(Modality)
+"""What a model sees: the frames, the clip's log-mel, or both."""
+DEFAULT_MODALITY_DROPOUT = 0.3
+"""Share of training clips whose audio is replaced by the learned no-audio embedding."""
 
 
 def _create_se_bottleneck_block(*, se_ratio: float, dim_inner: int, **kwargs: Any) -> nn.Module:
@@ -97,7 +113,7 @@ def create_emotion_backbone(
 
 
 class EmotionClassifier(nn.Module):
-    """SlowFast-R50 + SE + MLP head; ``forward`` maps float32 ``[B, T, C, H, W]`` to logits.
+    """SlowFast-R50 + SE and/or an audio encoder, then an MLP head; ``forward`` -> logits.
 
     Args:
         num_classes: number of outputs (6: ``EMOTION_LABELS``).
@@ -108,9 +124,15 @@ class EmotionClassifier(nn.Module):
             weights (a pytorchvideo checkpoint with ``model_state``, or a plain state dict) to
             initialise the backbone. ``True`` alone is an error: nothing is downloaded.
         width: slow-pathway stem channels; 64 is SlowFast-R50, 16 the ``small`` test variant.
+        modality: ``"video"`` (default; exactly the model card's model), ``"audio"`` or
+            ``"audio-video"``.
+        audio_spec: the log-mel the audio encoder reads (default ``AudioSpec()``); audio
+            models only.
+        modality_dropout: audio models, training only: the probability that a clip's audio
+            embedding is replaced by the learned no-audio embedding (0.3).
 
     T must be a multiple of 4 (the slow pathway takes every 4th frame); H = W of 112 or 224
-    (any size >= 32 works: pooling adapts).
+    (any size >= 32 works: pooling adapts). Audio: at least 16 mel bands and 16 frames.
     """
 
     def __init__(
@@ -122,12 +144,23 @@ class EmotionClassifier(nn.Module):
         pretrained: bool | str | os.PathLike[str] | io.IOBase = False,
         *,
         width: int = R50_WIDTH,
+        modality: Modality = "video",
+        audio_spec: AudioSpec | None = None,
+        modality_dropout: float = DEFAULT_MODALITY_DROPOUT,
     ) -> None:
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
+        if modality == "video" and audio_spec is not None:
+            raise ValueError("a video model takes no audio_spec (modality='video')")
+        if not 0.0 <= modality_dropout <= 1.0:
+            raise ValueError(f"modality_dropout must be in [0, 1], got {modality_dropout}")
+        self.modality: Modality = modality
+        self.audio_spec: AudioSpec | None = None
         self.config: dict[str, Any] = {
             "num_classes": num_classes,
             "hidden_size": hidden_size,
@@ -135,8 +168,21 @@ class EmotionClassifier(nn.Module):
             "use_se": use_se,
             "width": width,
         }
-        self.backbone = create_emotion_backbone(width=width, use_se=use_se)
-        features = 32 * width + 4 * width  # slow stage-4 channels + fast stage-4 channels
+        """The architecture as a deployment file records it (``modality`` and ``audio`` sit
+        beside it); a video model's has exactly these five keys."""
+        features = 0
+        if modality != "audio":
+            self.backbone = create_emotion_backbone(width=width, use_se=use_se)
+            features += 32 * width + 4 * width  # slow stage-4 channels + fast stage-4 channels
+        if modality != "video":
+            self.audio_spec = audio_spec or AudioSpec()
+            self.config["modality_dropout"] = float(modality_dropout)
+            self.audio_encoder = AudioEncoder(n_mels=self.audio_spec.n_mels)
+            if self.audio_spec.frames < AUDIO_MIN_SIZE:
+                raise ValueError(f"the audio encoder needs >= {AUDIO_MIN_SIZE} log-mel frames, "
+                                 f"got {self.audio_spec.frames}")
+            self.no_audio = nn.Parameter(torch.zeros(self.audio_encoder.embed_dim))
+            features += self.audio_encoder.embed_dim
         self.head = nn.Sequential(
             nn.Flatten(1),
             nn.Linear(features, hidden_size),
@@ -149,6 +195,8 @@ class EmotionClassifier(nn.Module):
                 "pretrained=True needs a source: pass the path or URI of Kinetics-400 "
                 "SLOWFAST_8x8_R50 weights (nothing is downloaded at run time)"
             )
+        if pretrained and modality == "audio":
+            raise ValueError("an audio model has no SlowFast backbone for Kinetics weights")
         if pretrained:
             load_kinetics_backbone(self, pretrained)
 
@@ -157,23 +205,105 @@ class EmotionClassifier(nn.Module):
         """Number of output logits."""
         return int(self.config["num_classes"])
 
-    def forward(self, x: Tensor) -> Tensor:
-        """float32 ``[B, T, C, H, W]`` (normalized) -> logits float32 ``[B, num_classes]``."""
+    @property
+    def modality_dropout(self) -> float:
+        """Training-time probability of dropping a clip's audio (0 for a video model)."""
+        return float(self.config.get("modality_dropout", 0.0))
+
+    def forward(
+        self,
+        frames: Tensor | None,
+        audio: Tensor | None = None,
+        audio_present: Tensor | None = None,
+    ) -> Tensor:
+        """Logits float32 ``[B, num_classes]`` from the modality's inputs.
+
+        Args:
+            frames: float32 ``[B, T, C, H, W]``, normalized; ignored (may be None) by an audio
+                model.
+            audio: float32 log-mel ``[B, n_mels, frames]`` or ``[B, 1, n_mels, frames]``;
+                ignored by a video model. None: no clip has audio.
+            audio_present: bool ``[B]``: which clips have audio; the others take the learned
+                no-audio embedding (an audio model then predicts its prior). None: all
+                present when ``audio`` is given, none otherwise.
+        """
+        parts: list[Tensor] = []
+        if self.modality != "audio":
+            if frames is None:
+                raise ValueError(f"a {self.modality} model needs frames [B, T, C, H, W]")
+            parts.append(self._video_features(frames).flatten(1))
+        if self.modality != "video":
+            parts.append(self._audio_embedding(frames, audio, audio_present))
+        return self.head(parts[0] if len(parts) == 1 else torch.cat(parts, dim=1))
+
+    def _video_features(self, x: Tensor) -> Tensor:
+        """``[B, T, C, H, W]`` -> pooled SlowFast features ``[B, F, 1, 1, 1]``."""
         if x.ndim != 5:
             raise ValueError(f"expected input [B, T, C, H, W], got shape {tuple(x.shape)}")
         if x.shape[1] % SLOWFAST_ALPHA:
             raise ValueError(f"T must be a multiple of {SLOWFAST_ALPHA}, got T={x.shape[1]}")
         fast = x.permute(0, 2, 1, 3, 4)  # the one permute: [B, T, C, H, W] -> [B, C, T, H, W]
         slow = fast[:, :, ::SLOWFAST_ALPHA]  # temporal subsampling, [B, C, T/alpha, H, W]
-        features = self.backbone([slow, fast])
-        return self.head(features)
+        return self.backbone([slow, fast])
+
+    def _audio_embedding(
+        self, frames: Tensor | None, audio: Tensor | None, present: Tensor | None
+    ) -> Tensor:
+        """``[B, embed_dim]``: each clip's audio embedding, or the no-audio one where its
+        audio is absent or (training) dropped."""
+        given = [int(t.shape[0]) for t in (audio, present) if t is not None]
+        if frames is not None and self.modality != "audio":
+            given.append(int(frames.shape[0]))
+        if not given:
+            raise ValueError("an audio model needs audio or audio_present to know the batch")
+        if len(set(given)) > 1:
+            raise ValueError(f"frames, audio and audio_present disagree on the batch: {given}")
+        batch = given[0]
+        if present is None:
+            present = torch.full((batch,), audio is not None, dtype=torch.bool,
+                                 device=self.no_audio.device)
+        elif present.ndim != 1:
+            raise ValueError(f"audio_present must be bool [B], got shape {tuple(present.shape)}")
+        present = present.to(device=self.no_audio.device, dtype=torch.bool)
+        if audio is None:
+            if bool(present.any()):
+                raise ValueError("audio_present says some clips have audio, but no audio given")
+            return self.no_audio.expand(batch, -1)
+        if not self.training:  # every row through the encoder: static shapes, exportable
+            return torch.where(present[:, None], self.audio_encoder(audio), self.no_audio)
+        keep = present
+        if self.modality_dropout > 0:
+            drop = torch.rand(batch, device=present.device) < self.modality_dropout
+            keep = present & ~drop
+        # only the clips whose sound is used pass the encoder, so its batch norm statistics
+        # come from real sound, not from the placeholders of clips without audio
+        embedding = self.no_audio.expand(batch, -1).clone()
+        if bool(keep.any()):
+            embedding[keep] = self.audio_encoder(audio[keep]).to(embedding.dtype)
+        return embedding
 
 
-def build_model(preset: Literal["r50", "small"] | None = None, **kwargs: Any) -> EmotionClassifier:
+def build_model(
+    preset: Literal["r50", "small"] | None = None,
+    *,
+    modality: Modality = "video",
+    audio_spec: AudioSpec | None = None,
+    **kwargs: Any,
+) -> EmotionClassifier:
     """Build an EmotionClassifier from a named preset plus keyword overrides."""
     arch = dict(PRESETS[preset]) if preset else {}
     arch.update(kwargs)
-    return EmotionClassifier(**arch)
+    return EmotionClassifier(**arch, modality=modality, audio_spec=audio_spec)
+
+
+def modality_of_state(state: Mapping[str, Any]) -> Modality | None:
+    """The modality whose parameter names a state dict holds (backbone and/or audio encoder),
+    or None when it holds neither."""
+    video = any(k.startswith("backbone.") for k in state)
+    audio = any(k.startswith(("audio_encoder.", "no_audio")) for k in state)
+    if video and audio:
+        return "audio-video"
+    return "video" if video else "audio" if audio else None
 
 
 def load_kinetics_backbone(

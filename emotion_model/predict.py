@@ -13,6 +13,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from emotion_model.audio import AudioSpec
 from emotion_model.checkpoint import load_deployment
 from emotion_model.face_clips import CropSpec, FaceTrackInfo
 from emotion_model.labels import EMOTION_LABELS
@@ -72,8 +73,12 @@ class Predictor:
         self.amp_dtype = (
             torch.bfloat16 if not cuda or torch.cuda.is_bf16_supported() else torch.float16
         )
-        # channels_last_3d: measured faster on CPU too (R50, 48x112: 273 vs 311 ms per clip)
-        self.model = model.to(self.device).eval().to(memory_format=torch.channels_last_3d)
+        self.model = model.to(self.device).eval()
+        backbone = getattr(model, "backbone", None)  # an audio model has none
+        if backbone is not None:
+            # channels_last_3d: measured faster on CPU too (R50, 48x112: 273 vs 311 ms per clip);
+            # the backbone only: the audio encoder's 2D convolutions cannot take it
+            backbone.to(memory_format=torch.channels_last_3d)
         self.preferred_batch_size = 32 if cuda else 2
         """Clips per call when the caller does not choose: on a 2-core CPU, batches above 2
         are slower per clip (R50 at batch 4: +20%); a GPU wants large batches."""
@@ -84,21 +89,75 @@ class Predictor:
         model, metadata = load_deployment(source)
         return cls(model, metadata, device=device)
 
-    def probabilities(self, clips: np.ndarray | torch.Tensor) -> np.ndarray:
-        """uint8 ``[B, T, H, W, 3]`` -> float32 ``[B, num_classes]`` softmax probabilities."""
-        x = torch.from_numpy(clips) if isinstance(clips, np.ndarray) else clips
+    @property
+    def modality(self) -> str:
+        """``video``, ``audio`` or ``audio-video``: what the model reads."""
+        return str(getattr(self.model, "modality", "video"))
+
+    @property
+    def audio_spec(self) -> AudioSpec | None:
+        """The log-mel the model reads (``audio`` in its metadata); None for a video model."""
+        return getattr(self.model, "audio_spec", None)
+
+    def _to_device(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
+        x = torch.from_numpy(x) if isinstance(x, np.ndarray) else x
         if self.device.type == "cuda":
             x = x.pin_memory().to(self.device, non_blocking=True)
+        return x
+
+    def probabilities(
+        self,
+        clips: np.ndarray | torch.Tensor | None,
+        audio: np.ndarray | torch.Tensor | None = None,
+        audio_present: np.ndarray | torch.Tensor | Sequence[bool] | None = None,
+    ) -> np.ndarray:
+        """uint8 ``[B, T, H, W, 3]`` (and, for an audio model, float32 log-mel ``[B, n_mels,
+        frames]`` with bool ``audio_present [B]``) -> float32 ``[B, num_classes]`` softmax
+        probabilities.
+
+        A video model ignores the audio; an audio model ignores the clips (None allowed when
+        ``audio`` or ``audio_present`` gives the batch). ``audio`` None: no clip has audio;
+        ``audio_present`` None: every clip has (when ``audio`` is given). Clips without
+        audio take the model's learned no-audio embedding.
+        """
+        x = a = present = None
+        if self.modality != "audio":
+            if clips is None:
+                raise ValueError(f"a {self.modality} model needs clips [B, T, H, W, 3]")
+            x = self._to_device(clips)
+        if self.modality != "video":
+            if audio is not None:
+                a = self._to_device(check_audio_batch(audio, self.audio_spec))
+            if audio_present is not None:
+                present = self._to_device(
+                    audio_present.bool() if isinstance(audio_present, torch.Tensor)
+                    else torch.from_numpy(np.asarray(audio_present, dtype=bool)))
+            elif a is None and x is None and clips is not None:  # an audio model, no audio
+                present = torch.zeros(len(clips), dtype=torch.bool, device=self.device)
         autocast = (
             torch.autocast(self.device.type, dtype=self.amp_dtype)
             if self.amp
             else contextlib.nullcontext()
         )
         with torch.inference_mode(), autocast:
-            batch = normalize(x, mean=self.mean, std=self.std)
-            logits = self.model(batch)
+            batch = None if x is None else normalize(x, mean=self.mean, std=self.std)
+            logits = (self.model(batch) if self.modality == "video"
+                      else self.model(batch, a, present))
             probs = torch.softmax(logits.float(), dim=-1)
         return probs.cpu().numpy().astype(np.float32, copy=False)
+
+
+def check_audio_batch(audio: np.ndarray | torch.Tensor, spec: AudioSpec | None) -> torch.Tensor:
+    """float32 log-mel ``[B, n_mels, frames]`` as a tensor, its shape checked against ``spec``
+    (the model's normalization is inside the model: nothing else to do)."""
+    a = torch.from_numpy(np.ascontiguousarray(audio)) if isinstance(audio, np.ndarray) else audio
+    want = spec.shape if spec is not None else None
+    if a.dtype != torch.float32 or a.ndim != 3 or (want and tuple(a.shape[1:]) != want):
+        raise ValueError(
+            f"expected float32 log-mel [B, {', '.join(map(str, want or ('n_mels', 'frames')))}], "
+            f"got {a.dtype} {tuple(a.shape)}"
+        )
+    return a
 
 
 @dataclass(frozen=True)
@@ -233,10 +292,26 @@ def predict_batches(
     for clip in clips:
         pending.append(clip)
         if len(pending) == batch_size or (flush is not None and flush()):
-            yield pending, predictor.probabilities(np.stack([c.frames for c in pending]))
+            yield pending, clip_probabilities(predictor, pending)
             pending = []
     if pending:
-        yield pending, predictor.probabilities(np.stack([c.frames for c in pending]))
+        yield pending, clip_probabilities(predictor, pending)
+
+
+def clip_probabilities(predictor: Predictor, clips: Sequence[Clip]) -> np.ndarray:
+    """``predictor``'s probabilities ``[len(clips), num_classes]`` for ``clips``: their frames,
+    and, for a model that reads audio, their log-mel and ``audio_present`` (a clip read
+    without audio, ``audio`` None, counts as absent)."""
+    frames = np.stack([c.frames for c in clips])
+    spec = predictor.audio_spec
+    if predictor.modality == "video" or spec is None:
+        return predictor.probabilities(frames)
+    present = [c.audio_present and c.audio is not None for c in clips]
+    if not any(present):
+        return predictor.probabilities(frames, None, present)
+    placeholder = np.zeros(spec.shape, np.float32)  # never read: its clip is absent
+    audio = np.stack([c.audio if c.audio is not None else placeholder for c in clips])
+    return predictor.probabilities(frames, audio, present)
 
 
 def clip_prediction(clip: Clip, probs: np.ndarray, labels: Sequence[str]) -> ClipPrediction:

@@ -5,6 +5,8 @@ videos.
 This is synthetic data to exercise the pipeline end to end on a CPU (decode, clip planning,
 training, evaluation, batch inference). It is not a stand-in for real data: a model that
 learns these drawn faces says nothing about its accuracy on real faces or real datasets.
+With ``audio=True`` each video also has a sound track whose prosody follows the emotion
+(``sample_voice.py``): synthetic prosody, not speech.
 
 Everything here is numpy and PyAV only (no torch, no Prefect). Frames are uint8 RGB
 ``[T, H, W, 3]`` in 0..255 throughout.
@@ -13,7 +15,7 @@ Everything here is numpy and PyAV only (no torch, no Prefect). Frames are uint8 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Literal
@@ -21,7 +23,8 @@ from typing import Literal
 import numpy as np
 
 from emotion_model.labels import EMOTION_LABELS
-from emotion_model.video_writer import encode_video
+from emotion_model.sample_voice import SAMPLE_RATE, render_voice
+from emotion_model.video_writer import AudioTrack, encode_video
 
 __all__ = [
     "CREMA_D_SENTENCES",
@@ -449,6 +452,8 @@ CREMA_D_SENTENCES: tuple[str, ...] = (
 _CREMA_D_INTENSITY = {"LO": 0.65, "MD": 0.85, "HI": 1.0, "XX": 0.85}
 _RAVDESS_INTENSITY = {"01": 0.8, "02": 1.0}
 _X264_FAST = {"preset": "veryfast", "crf": "20"}
+_AAC_FAST = {"aac_coder": "fast"}  # a third of the default coder's time
+_AUDIO_BIT_RATE = 32_000
 
 
 def _ravdess_takes(emotion: str) -> list[tuple[str, str, str]]:
@@ -482,27 +487,41 @@ def make_sample_dataset(
     seed: int = 0,
     crema_format: Literal["mp4", "flv"] = "mp4",
     first_actor: int = 1,
+    audio: bool = False,
+    ambiguous: Collection[str] = (),
 ) -> list[Path]:
     """Write synthetic face videos under `root` named as in RAVDESS or CREMA-D.
 
     RAVDESS: `Actor_NN/02-01-EE-II-SS-RR-NN.mp4` (video-only, speech; intensity, statement
-    and repetition vary over takes, at most 8 takes per emotion, 4 for neutral), H.264.
+    and repetition vary over takes, at most 8 takes per emotion, 4 for neutral), H.264; with
+    `audio`, `01-01-...` (RAVDESS's audio-video modality).
     CREMA-D: `NNNN_SSS_EEE_LL.mp4` with actors from 1001 (sentence and level vary over
     takes, at most 14 per emotion, 12 for neutral); H.264 mp4, or with
     `crema_format="flv"` an FLV file with the `flv` (Sorenson H.263) encoder, as the
     original CREMA-D release ships.
 
+    `audio`: each video also gets a 16 kHz mono AAC track as long as the video, a voice of the
+    actor's own whose prosody follows the emotion (`sample_voice.render_voice`, at the take's
+    intensity): synthetic prosody, not speech. The frames are the same with or without it.
+    In FLV, AAC's priming delays every timestamp by 64 ms (FLV has no edit list).
+    `ambiguous`: emotions whose faces are drawn neutral (the same frames as the actor's neutral
+    take with the same take number and intensity), so only the voice tells them apart; needs
+    `audio`.
+
     `size` is (height, width), even for H.264. `first_actor` numbers the actors from there
-    (actor k looks the same whichever call renders it, so `first_actor=7` adds two new faces to
-    a dataset of six). Returns the written paths, sorted.
+    (actor k looks and sounds the same whichever call renders it, so `first_actor=7` adds two
+    new actors to a dataset of six). Returns the written paths, sorted.
     """
     if layout not in EMOTION_CODES:
         raise ValueError(f"layout must be one of {sorted(EMOTION_CODES)}, got {layout!r}")
     if crema_format not in ("mp4", "flv"):
         raise ValueError(f"crema_format must be 'mp4' or 'flv', got {crema_format!r}")
-    bad = [e for e in emotions if e not in EMOTION_LABELS]
+    bad = [e for e in (*emotions, *ambiguous) if e not in EMOTION_LABELS]
     if bad:
         raise ValueError(f"unknown emotions {bad}; allowed: {list(EMOTION_LABELS)}")
+    if ambiguous and not audio:
+        raise ValueError("ambiguous faces need the audio track: without a voice nothing "
+                         f"would tell {sorted(ambiguous)} from neutral")
     max_actors = 99 if layout == "ravdess" else 8999
     if not actors >= 1 or not first_actor >= 1 or first_actor + actors - 1 > max_actors:
         raise ValueError(f"actors {first_actor}..{first_actor + actors - 1} must be within "
@@ -514,6 +533,7 @@ def make_sample_dataset(
                          f"emotions {list(emotions)}, got {takes_per_emotion}")
     height, width = size
     num_frames = max(1, round(seconds * fps))
+    modality = "01" if audio else "02"  # RAVDESS: audio-video, video-only
     root = Path(root)
     paths = []
     for a in range(first_actor - 1, first_actor - 1 + actors):
@@ -523,7 +543,8 @@ def make_sample_dataset(
             for k in range(takes_per_emotion):
                 if layout == "ravdess":
                     level, statement, rep = _ravdess_takes(emotion)[k]
-                    name = f"Actor_{a + 1:02d}/02-01-{code}-{level}-{statement}-{rep}-{a + 1:02d}"
+                    name = (f"Actor_{a + 1:02d}/{modality}-01-{code}-{level}-{statement}-{rep}-"
+                            f"{a + 1:02d}")
                     path, amount = root / f"{name}.mp4", _RAVDESS_INTENSITY[level]
                     codec, options = "libx264", _X264_FAST
                 else:
@@ -533,8 +554,16 @@ def make_sample_dataset(
                     codec, options = ("flv", None) if crema_format == "flv" else \
                         ("libx264", _X264_FAST)
                 frames = render_face_clip(
-                    emotion, actor_seed=actor_seed, num_frames=num_frames, height=height,
-                    width=width, fps=fps, take_seed=k, intensity=amount,
+                    "neutral" if emotion in ambiguous else emotion, actor_seed=actor_seed,
+                    num_frames=num_frames, height=height, width=width, fps=fps, take_seed=k,
+                    intensity=amount,
                 )
-                paths.append(encode_video(path, frames, fps=fps, codec=codec, options=options))
+                sound = None
+                if audio:
+                    voice = render_voice(emotion, actor_seed=actor_seed, take_seed=k,
+                                         seconds=num_frames / fps, intensity=amount)
+                    sound = AudioTrack(voice, SAMPLE_RATE, bit_rate=_AUDIO_BIT_RATE,
+                                       options=_AAC_FAST)
+                paths.append(encode_video(path, frames, fps=fps, codec=codec, options=options,
+                                          audio=sound))
     return sorted(paths)

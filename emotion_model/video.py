@@ -12,6 +12,10 @@
            crop="face": faces detected and tracked in the same pass, one clip per face track
            cut around the face (emotion_model.face_clips)
         -> Clip(frames uint8 [T, H, W, 3] in 0..255, start_s, end_s[, face_id, face_box])
+    with ``audio=AudioSpec(...)``, the first audio stream's packets come in the same demux
+        -> decoded, resampled to 16 kHz mono, timed on the video's clock (emotion_model.audio)
+        -> each clip leaves once the audio has reached its window's end, with the window's
+           log-mel (Clip.audio; silence and audio_present=False where there is none)
 
 Memory is bounded by the open windows (at most ceil(clip / stride) + 1 clips of small frames;
 in face mode, references to the decoded frames the targets take, held until the faces' boxes
@@ -20,7 +24,9 @@ over them are final), whatever the video's length or resolution. Failures are ty
 stream, zero decodable frames. A video whose data breaks off part way keeps the clips decoded
 before the break and reports ``partial=True`` with the reason; so does one with corrupt packets
 in the middle, whose bad packets (and frames the decoder flags corrupt) are skipped: the frame
-before them stays on screen.
+before them stays on screen. Bad or missing audio never fails a video nor makes it partial:
+the clips it touches go without audio, each with its reason (``Clip.audio_reason``), and
+``VideoInfo.audio_error`` sums it up.
 """
 
 from __future__ import annotations
@@ -29,13 +35,14 @@ import io
 import logging
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 import av
 import numpy as np
 
+from emotion_model.audio import AudioClips, AudioSpec, AudioTrack
 from emotion_model.clip_windows import (
     Clip,
     ClipAssembler,
@@ -69,6 +76,10 @@ _IMAGE_FORMATS = {"image2", "image2pipe", "mjpeg_2000", "apng"}
 _TEXT_FORMATS = {"tty", "bin", "xbin", "adf", "idf"}
 # Corrupt packets skipped before a stream is given up as garbage (decoding stops, partial).
 _MAX_BAD_PACKETS = 500
+AUDIO_MAX_LAG_S = 10.0
+"""With audio, a clip waits for the audio to reach its window's end until the video is this far
+past it (a file whose audio stops early, or is interleaved far behind the video); then it goes
+without audio. The audio kept is capped at a clip window + twice this."""
 
 
 @dataclass
@@ -92,6 +103,15 @@ class VideoInfo:
     """Face mode: frames the face detector looked at."""
     detect_s: float = 0.0
     """Face mode: seconds spent in face detection (its conversions included)."""
+    audio_codec: str | None = None
+    """With ``audio``: the audio stream's decoder (None: no audio stream, or not asked)."""
+    audio_sample_rate: int | None = None
+    """With ``audio``: the audio stream's own sample rate (before resampling)."""
+    audio_channels: int | None = None
+    audio_clips_missing: int = 0
+    """With ``audio``: clips given no audio (silence, ``audio_present=False``)."""
+    audio_error: str | None = None
+    """With ``audio``: one line on corrupt or failed audio (None when fine, or no audio)."""
 
 
 class ClipReader:
@@ -113,6 +133,9 @@ class ClipReader:
         detector: a ``FaceDetector`` to reuse (face mode; default: one made for the reader).
         frame_tap: called with every frame shown (see `FrameTap`): the one decoding pass
             also feeds the caller (``emotion_model.annotate``); None costs nothing.
+        audio: an `AudioSpec`: the first audio stream is decoded in the same pass and each
+            clip gets its window's log-mel (``Clip.audio``, ``audio_present``,
+            ``audio_reason``); None (the default) demuxes no audio: clips as without it.
 
     Raises (when iterated): EmptyVideoError, CorruptVideoError, NoVideoStreamError,
     NoDecodableFramesError.
@@ -135,6 +158,7 @@ class ClipReader:
         max_faces: int = 4,
         detector: FaceDetector | None = None,
         frame_tap: FrameTap | None = None,
+        audio: AudioSpec | None = None,
     ) -> None:
         if num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
@@ -160,7 +184,11 @@ class ClipReader:
         self.max_faces = max_faces
         self.detector = detector
         self.frame_tap = frame_tap
+        self.audio = audio
+        self.audio_track: AudioTrack | None = None
+        """With ``audio``: the audio of the pass under way (or the last one)."""
         self._assembler: ClipAssembler | None = None
+        self._audio_clips: AudioClips | None = None
         self._whole_pending = False  # a short video: its one clip comes at its end
         self._ended = False
         name = uri or (os.fspath(source) if isinstance(source, str | os.PathLike) else None)
@@ -213,6 +241,9 @@ class ClipReader:
             return math.inf
         if assembler is None or (self._whole_pending and assembler.emitted == 0):
             return -math.inf
+        held = self._audio_clips  # clips waiting for their audio
+        if held is not None:
+            return min(assembler.settled_until, held.earliest_start)
         return assembler.settled_until
 
     def face_box(self, face_id: int, t: float) -> tuple[float, float, float, float] | None:
@@ -257,6 +288,32 @@ class ClipReader:
         info.codec, info.width, info.height = ctx.name, ctx.width, ctx.height
         return stream
 
+    def _audio_clips_for(
+        self, container: av.container.InputContainer
+    ) -> tuple[av.AudioStream | None, AudioClips | None]:
+        """With ``audio``: the first audio stream to demux (None when there is none or it
+        cannot be decoded) and the queue that gives the clips their audio."""
+        spec = self.audio
+        if spec is None:
+            return None, None
+        info = self.info
+        if not container.streams.audio:
+            return None, AudioClips(None, spec, no_track_reason="no audio stream")
+        stream = container.streams.audio[0]
+        try:
+            ctx = stream.codec_context
+            if ctx is None:
+                raise ValueError("this FFmpeg has no decoder for it")
+            info.audio_codec = ctx.name
+            info.audio_sample_rate = ctx.sample_rate or None
+            info.audio_channels = ctx.channels or None
+        except Exception as exc:  # no decoder for it in this FFmpeg
+            info.audio_error = f"cannot decode the audio stream: {one_line(exc, 200)}"
+            return None, AudioClips(None, spec, no_track_reason=info.audio_error)
+        track = AudioTrack(spec, max_buffer_s=self.clip_seconds + 2 * AUDIO_MAX_LAG_S)
+        self.audio_track = track
+        return stream, AudioClips(track, spec, max_lag_s=AUDIO_MAX_LAG_S)
+
     def _make_assembler(self, starts: list[float], open_ended: bool) -> ClipAssembler:
         """Whole frames, or (``crop`` in face mode) one clip per face track."""
         kwargs: dict[str, Any] = dict(
@@ -274,6 +331,14 @@ class ClipReader:
         window is full, then, at the end, the windows the last frame completes."""
         info = self.info
         stream = self._video_stream(container)
+        audio_stream, audio = self._audio_clips_for(container)
+        track = audio.track if audio is not None else None
+        self._audio_clips = audio
+
+        def out(clips: Iterator[Clip], now: float) -> Iterator[Clip]:
+            """The clips made, through the audio queue when there is one."""
+            return clips if audio is None else audio.hold(clips, now)
+
         meta_duration = _metadata_duration(container, stream)
         rate = stream.average_rate or stream.guessed_rate
         nominal_dt = 1.0 / float(rate) if rate else None
@@ -293,22 +358,27 @@ class ClipReader:
         prev_t: float | None = None  # time of the frame on screen, from the first frame
         diffs: list[float] = []
         error: str | None = None
+        packets = (container.demux(stream) if audio_stream is None
+                   else container.demux(stream, audio_stream))
         try:
-            for frame_index, frame in enumerate(_good_frames(container, stream, bad)):
+            for frame_index, frame in enumerate(_good_frames(packets, bad, track)):
                 t = frame.time
                 if t is None:
                     t = frame_index * (nominal_dt or 1 / 30)
                 if t0 is None:
                     t0 = t
+                    if track is not None:
+                        track.origin = t0
                 rel = t - t0
                 if prev_t is not None:
                     if rel <= prev_t:
                         continue  # a duplicate or out-of-order timestamp: keep the first frame
                     diffs.append(rel - prev_t)
-                    yield from assembler.advance(rel)
+                    yield from out(assembler.advance(rel), rel)
                     if short and assembler.emitted == 0 and rel >= self.clip_seconds:
                         # longer than its metadata said: the first clip_seconds are one clip
-                        yield from assembler.whole_video(kept.frames, self.clip_seconds)
+                        yield from out(assembler.whole_video(kept.frames, self.clip_seconds),
+                                       rel)
                         keep = False
                         kept.clear()
                     if assembler.done:
@@ -316,14 +386,22 @@ class ClipReader:
                 prev_t = rel
                 if self.frame_tap is not None:
                     self.frame_tap(frame, rel)
-                yield from assembler.show(frame, rel)
+                yield from out(assembler.show(frame, rel), rel)
                 info.frames_decoded += 1
                 if keep and rel < self.clip_seconds:
                     kept.add(rel, frame)
+                if audio is not None:
+                    yield from audio.ready(rel)
+                    if track is not None:
+                        track.discard_before(self.settled_until)
         except av.error.FFmpegError as exc:
             error = one_line(exc, 300)
         except (MemoryError, OSError) as exc:
             error = one_line(exc, 300)
+        if track is not None:
+            if error is None and assembler.done and audio is not None and audio.held:
+                _drain_audio(packets, track, audio.due_until)  # stopped at max_clips
+            track.end()
 
         if prev_t is None:
             if error is not None:
@@ -334,11 +412,19 @@ class ClipReader:
         end = prev_t + frame_dt
         info.duration_s = float(end)
         if not assembler.done:
-            yield from assembler.finish(end, frame_dt, cut=error is not None)
+            yield from out(assembler.finish(end, frame_dt, cut=error is not None), end)
             if assembler.emitted == 0:
-                yield from assembler.whole_video(kept.frames, end)
+                yield from out(assembler.whole_video(kept.frames, end), end)
         kept.clear()
-        yield from assembler.flush(end)
+        yield from out(assembler.flush(end), end)
+        if audio is not None:
+            yield from audio.ready(math.inf)
+            info.audio_clips_missing = audio.missing
+            if track is not None:
+                info.audio_error = track.error()
+                track.discard_before(math.inf)
+            if info.audio_error:
+                log.info("%s: audio: %s", info.uri, info.audio_error)
         self._ended = True
         info.clips = assembler.emitted
         self._note_partial(end, meta_duration, max(len(starts), int(short)), error, bad)
@@ -438,12 +524,16 @@ class _BadData:
 
 
 def _good_frames(
-    container: av.container.InputContainer, stream: av.VideoStream, bad: _BadData
+    packets: Iterable[av.Packet], bad: _BadData, audio: AudioTrack | None = None
 ) -> Iterator[av.VideoFrame]:
-    """Every good frame of ``stream``; a packet the decoder refuses, or a frame it flags
-    corrupt, is counted in ``bad`` and skipped, not the end (so the frame before stays on
-    screen). More than ``_MAX_BAD_PACKETS`` refused packets re-raise the decoder's error."""
-    for packet in container.demux(stream):  # ends with an empty packet: the flush
+    """Every good frame of the video stream's ``packets``; a packet the decoder refuses, or a
+    frame it flags corrupt, is counted in ``bad`` and skipped, not the end (so the frame before
+    stays on screen). More than ``_MAX_BAD_PACKETS`` refused packets re-raise the decoder's
+    error. With ``audio``, the audio stream's packets among them go to its decoder."""
+    for packet in packets:  # ends with an empty packet per stream: the flush
+        if audio is not None and packet.stream.type == "audio":
+            audio.decode(packet)  # never raises: bad audio is noted there
+            continue
         try:
             frames = packet.decode()
         except (av.error.EOFError, av.error.ExitError):
@@ -458,6 +548,19 @@ def _good_frames(
                 bad.frame(frame)
                 continue
             yield frame
+
+
+def _drain_audio(packets: Iterable[av.Packet], track: AudioTrack, until: float) -> None:
+    """Read on, decoding only the audio, until ``track`` reaches video-clock ``until`` (the
+    video stopped early, at ``max_clips``, with clips waiting for their audio)."""
+    try:
+        for packet in packets:
+            if packet.stream.type == "audio":
+                track.decode(packet)
+                if track.reached >= until:
+                    return
+    except (av.error.FFmpegError, MemoryError, OSError):
+        return
 
 
 def _metadata_duration(
@@ -489,6 +592,7 @@ def read_clips(
 
 __all__ = [
     "FRAME_CROP",
+    "AudioSpec",
     "Clip",
     "ClipReader",
     "CropSpec",

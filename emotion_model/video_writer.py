@@ -27,18 +27,28 @@ raises `ValueError` naming both when the muxer refuses it.
 (3) mjpeg encodes full range only; `yuv4xxp` is encoded as the matching `yuvj4xxp`.
 The build also has libx265, libsvtav1, mpeg2video, ffv1 and png; `available_encoders()`
 lists what this interpreter's PyAV can encode.
+
+An audio track (`audio=AudioTrack(samples, rate)`) is written beside the video, encoded in
+step with the frames (interleaved); unless its `codec` names one, the first encoder of the
+container's list that the build has (`AUDIO_CODECS`: AAC for mp4, mov, mkv and flv, Opus
+for webm, MP3 for avi). The audio encoder's delay (AAC primes 1024 samples: 64 ms at 16 kHz)
+is trimmed on decoding in MP4, MOV and MKV (edit lists); FLV has none, so there the muxer
+delays every timestamp, the video's too, by that much (sound and picture stay in sync); in
+AVI the frames keep their times and the sound starts with the encoder's delay.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 
-__all__ = ["CONTAINER_FORMATS", "available_encoders", "encode_video"]
+__all__ = ["AUDIO_CODECS", "CONTAINER_FORMATS", "AudioTrack", "available_encoders", "encode_video"]
 
 CONTAINER_FORMATS: dict[str, str] = {
     ".mp4": "mp4",
@@ -50,6 +60,16 @@ CONTAINER_FORMATS: dict[str, str] = {
     ".mov": "mov",
 }
 """File suffix -> FFmpeg muxer name, used when `container_format` is not given."""
+
+AUDIO_CODECS: dict[str, tuple[str, ...]] = {
+    "mp4": ("aac", "libfdk_aac", "libmp3lame", "alac"),
+    "mov": ("aac", "libfdk_aac", "alac", "pcm_s16le"),
+    "matroska": ("aac", "libopus", "libvorbis", "flac", "pcm_s16le"),
+    "webm": ("libopus", "libvorbis"),
+    "avi": ("libmp3lame", "ac3", "pcm_s16le"),
+    "flv": ("aac", "libmp3lame"),
+}
+"""FFmpeg muxer name -> the audio encoders tried in order when `AudioTrack.codec` is None."""
 
 # Encoders that refuse odd dimensions with chroma-subsampled pixel formats.
 _EVEN_SIZE_ENCODERS = frozenset({"libx264", "libx265"})
@@ -98,6 +118,85 @@ def _video_frame(
     return frame
 
 
+@dataclass(frozen=True)
+class AudioTrack:
+    """Sound to write beside the video: float `samples` in -1..1, `[n]` (mono) or
+    `[channels, n]` (1 or 2 channels), at `rate` Hz, from time 0, written as given (make it as
+    long as the video: `n = duration * rate`).
+
+    `codec`: the audio encoder; default the first of `AUDIO_CODECS[container]` this build has
+    (AAC in MP4). `bit_rate`: bits per second; default the encoder's own. `options`: encoder
+    options, e.g. `{"aac_coder": "fast"}` (options an encoder lacks are ignored)."""
+
+    samples: np.ndarray
+    rate: int
+    codec: str | None = None
+    bit_rate: int | None = None
+    options: Mapping[str, str] | None = None
+
+    def checked(self, path: Path) -> np.ndarray:
+        """The samples as float32 `[channels, n]`; `ValueError` naming `path` when unusable."""
+        array = np.asarray(self.samples)
+        if array.ndim == 1:
+            array = array[None, :]
+        if array.dtype.kind != "f" or array.ndim != 2 or array.shape[0] not in (1, 2) \
+                or array.shape[1] == 0:
+            raise ValueError(f"{path}: audio must be float samples [n] or [channels (1 or 2), "
+                             f"n]; got dtype {array.dtype} shape {array.shape}")
+        if self.rate <= 0:
+            raise ValueError(f"{path}: audio rate must be positive, got {self.rate}")
+        return np.ascontiguousarray(array, dtype=np.float32)
+
+    def encoder(self, path: Path, fmt: str) -> av.codec.Codec:
+        """`codec`, or the first encoder of `AUDIO_CODECS[fmt]` that this build has."""
+        names = (self.codec,) if self.codec else AUDIO_CODECS.get(fmt, ("aac",))
+        for name in names:
+            try:
+                encoder = av.codec.Codec(name, "w")
+            except Exception:  # not in this build
+                continue
+            if encoder.type == "audio":
+                return encoder
+        raise ValueError(f"{path}: no audio encoder among {list(names)} in this PyAV build")
+
+
+class _AudioWriter:
+    """The audio stream beside the video, encoded in step with the frames. A rate the encoder
+    lacks is resampled (by PyAV's encoder) to the next one it has."""
+
+    def __init__(self, container: av.container.OutputContainer, encoder: av.codec.Codec,
+                 samples: np.ndarray, track: AudioTrack) -> None:
+        self.samples, self.rate, self.cursor = samples, int(track.rate), 0
+        rates = sorted(encoder.audio_rates or ())
+        rate = self.rate
+        if rates and rate not in rates:
+            rate = next((r for r in rates if r >= rate), rates[-1])
+        self.layout = "mono" if samples.shape[0] == 1 else "stereo"
+        self.stream = container.add_stream(encoder.name, rate=rate,
+                                           options=dict(track.options or {}))
+        self.stream.layout = self.layout
+        if track.bit_rate is not None:
+            self.stream.bit_rate = int(track.bit_rate)
+
+    def write_until(self, container: av.container.OutputContainer, seconds: float) -> None:
+        """Encode the samples up to `seconds` (all of them for `math.inf`)."""
+        total = self.samples.shape[1]
+        end = total if math.isinf(seconds) else min(total, round(seconds * self.rate))
+        if end <= self.cursor:
+            return
+        chunk = np.ascontiguousarray(self.samples[:, self.cursor:end])
+        frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=self.layout)
+        frame.sample_rate, frame.pts = self.rate, self.cursor
+        frame.time_base = Fraction(1, self.rate)
+        container.mux(self.stream.encode(frame))
+        self.cursor = end
+
+    def finish(self, container: av.container.OutputContainer) -> None:
+        """Encode the rest and flush the encoder."""
+        self.write_until(container, math.inf)
+        container.mux(self.stream.encode(None))
+
+
 def encode_video(
     path: str | Path,
     frames: Iterable[np.ndarray] | np.ndarray,
@@ -110,6 +209,7 @@ def encode_video(
     pts_seconds: Sequence[float] | None = None,
     bit_rate: int | None = None,
     options: dict[str, str] | None = None,
+    audio: AudioTrack | None = None,
 ) -> Path:
     """Encode uint8 RGB frames `[H, W, 3]` (or an array `[T, H, W, 3]`) to a video file.
 
@@ -128,6 +228,8 @@ def encode_video(
             increasing; this writes variable-frame-rate video.
         bit_rate: target bits per second; default is the encoder's own (CRF for x264).
         options: encoder options, e.g. `{"preset": "veryfast", "crf": "20"}`.
+        audio: a sound track written beside the video (interleaved with it); see
+            `AudioTrack`.
 
     Returns:
         `Path(path)`, after the file is closed. Nothing is left behind on error.
@@ -185,13 +287,19 @@ def encode_video(
         raise ValueError(f"{path}: pts_seconds must be strictly increasing at time base "
                          f"{time_base}")
 
+    sound = None if audio is None else audio.checked(path)
+    audio_encoder = None if audio is None else audio.encoder(path, fmt)
+
     options = dict(options or {})
     if fmt in _NO_REORDER_FORMATS and encoder.name in _EVEN_SIZE_ENCODERS:
         options.setdefault("bf", "0")
 
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with av.open(str(path), mode="w", format=fmt) as container:
+        # AVI: shifting the streams past the audio encoder's negative start would drop the
+        # video's second timestamp; AVI stores no timestamps to shift anyway
+        shift = {"avoid_negative_ts": "disabled"} if fmt == "avi" and sound is not None else {}
+        with av.open(str(path), mode="w", format=fmt, options=shift) as container:
             try:
                 stream = container.add_stream(encoder.name, rate=rate, options=options)
                 stream.width, stream.height = width, height
@@ -199,11 +307,15 @@ def encode_video(
                 stream.codec_context.time_base = time_base
                 if bit_rate is not None:
                     stream.codec_context.bit_rate = int(bit_rate)
+                track = None
+                if audio is not None and sound is not None and audio_encoder is not None:
+                    track = _AudioWriter(container, audio_encoder, sound, audio)
                 # the first frame opens the encoder and writes the header
                 container.mux(stream.encode(_video_frame(first, 0, time_base, pts_list, rate)))
             except (ValueError, av.error.FFmpegError) as exc:
-                raise ValueError(f"{path}: cannot write {encoder.name} {pix_fmt} into "
-                                 f"{fmt}: {exc}") from exc
+                what = f"{encoder.name} {pix_fmt}" + (
+                    "" if audio_encoder is None else f" and {audio_encoder.name} audio")
+                raise ValueError(f"{path}: cannot write {what} into {fmt}: {exc}") from exc
             count = 1
             for array in it:
                 array = _as_rgb_frame(array, path, count)
@@ -212,11 +324,16 @@ def encode_video(
                                      f"{array.shape[0]}, expected {width}x{height}")
                 if pts_list is not None and count >= len(pts_list):
                     raise ValueError(f"{path}: more frames than pts_seconds ({len(pts_list)})")
+                if track is not None:  # the sound up to this frame, interleaved
+                    shown = count / rate if pts_list is None else pts_list[count] * time_base
+                    track.write_until(container, float(shown))
                 container.mux(stream.encode(_video_frame(array, count, time_base, pts_list, rate)))
                 count += 1
             if pts_list is not None and count != len(pts_list):
                 raise ValueError(f"{path}: {count} frames but {len(pts_list)} pts_seconds")
             container.mux(stream.encode())
+            if track is not None:
+                track.finish(container)
     except BaseException:
         path.unlink(missing_ok=True)
         raise

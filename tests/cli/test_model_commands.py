@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cli.main import build_parser, main
@@ -258,3 +259,41 @@ def test_export_bad_format(model_file: Path, workdir: Path,
     assert _run(["export", str(model_file), "--format", "tflite", "--output",
                  str(workdir / "m.tflite")]) == 2
     assert "invalid choice: 'tflite'" in capsys.readouterr().err
+
+
+# --- make-sample-data ----------------------------------------------------------------------------
+def test_make_sample_data_with_voices_and_ambiguous_faces(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import av
+    from video_fixtures import decode_frames
+
+    out = tmp_path / "sample"
+    assert _run(["make-sample-data", str(out), "--actors", "1",
+                 "--ambiguous-faces", "angry,disgust"]) == 0
+    assert "with synthetic voices (prosody, not speech)" in capsys.readouterr().out
+    paths = sorted(out.glob("Actor_01/*.mp4"))
+    assert [p.name[:6] for p in paths] == ["01-01-"] * 6  # audio-video, by default
+    for path in paths:
+        with av.open(str(path)) as container:
+            assert container.streams.audio[0].codec_context.name == "aac"
+    frames = {p.stem.split("-")[2]: np.stack(decode_frames(p)[0]).astype(np.float32)
+              for p in paths}
+
+    def differ(code: str) -> float:  # mean absolute pixel difference from the neutral take
+        return float(np.abs(frames[code] - frames["01"]).mean())
+
+    # angry and disgust drawn as neutral (the same drawing; H.264 may round a few pixels
+    # differently), happy is not
+    assert differ("05") < 0.2 and differ("07") < 0.2 and differ("03") > 5 * max(
+        differ("05"), differ("07"), 0.2)
+
+
+def test_make_sample_data_bad_ambiguous_faces(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    out = str(tmp_path / "sample")
+    assert _run(["make-sample-data", out, "--no-audio", "--ambiguous-faces", "angry"]) == 2
+    assert _one_error_line(capsys.readouterr().err).startswith(
+        "error: ambiguous faces need the audio track")
+    assert _run(["make-sample-data", out, "--ambiguous-faces", "angry,calm"]) == 2
+    assert "unknown emotions ['calm']" in capsys.readouterr().err
+    assert not (tmp_path / "sample").exists()

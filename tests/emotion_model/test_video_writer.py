@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 from video_fixtures import decode_frames, make_test_pattern, needs_encoder, pattern_frame_index
 
-from emotion_model.video_writer import encode_video
+from emotion_model.video_writer import AudioTrack, encode_video
 
 # (encoder, suffix, pix_fmt) combinations the module documents as working
 CASES = [
@@ -108,3 +109,60 @@ def test_test_pattern_changes_every_frame() -> None:
     assert frames.dtype == np.uint8
     assert all((frames[i] != frames[i + 1]).any() for i in range(19))
     assert [pattern_frame_index(f) for f in frames] == list(range(16)) + [0, 1, 2, 3]
+
+
+def _tone(seconds: float, rate: int) -> np.ndarray:
+    return (0.3 * np.sin(2 * np.pi * 440 * np.arange(round(seconds * rate)) / rate)).astype(
+        np.float32)
+
+
+@pytest.mark.parametrize(
+    ("codec", "suffix", "audio_codec", "start"),
+    [("libx264", ".mp4", "aac", 0.0), ("libx264", ".mkv", "aac", 0.0),
+     ("libx264", ".mov", "aac", 0.0), ("libvpx-vp9", ".webm", "opus", 0.0),
+     ("mpeg4", ".avi", "mp3float", 0.0),
+     ("flv", ".flv", "aac", 0.064)],  # FLV: AAC's 1024 priming samples delay everything
+)
+def test_encode_with_an_audio_track(tmp_path: Path, codec: str, suffix: str, audio_codec: str,
+                                    start: float) -> None:
+    needs_encoder(codec)
+    frames = make_test_pattern(20, 32, 48)
+    path = encode_video(tmp_path / f"av{suffix}", frames, fps=10, codec=codec,
+                        audio=AudioTrack(_tone(2.0, 16_000), 16_000))
+    decoded, times = decode_frames(path)
+    assert [pattern_frame_index(f) for f in decoded] == list(range(20))
+    np.testing.assert_allclose(times, start + np.arange(20) / 10, atol=1e-3)
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        assert stream.codec_context.name == audio_codec
+        seconds = sum(f.samples / f.sample_rate for f in container.decode(stream))
+    assert abs(seconds - 2.0) <= 0.12
+
+
+def test_encode_audio_in_step_with_variable_frame_rate_video(tmp_path: Path) -> None:
+    pts = [0.0, 0.05, 0.3, 0.31, 0.9, 1.4]
+    stereo = np.stack([_tone(1.5, 48_000), -_tone(1.5, 48_000)])
+    path = encode_video(tmp_path / "vfr.mp4", make_test_pattern(6, 32, 32), pts_seconds=pts,
+                        audio=AudioTrack(stereo, 48_000, codec="alac"))
+    np.testing.assert_allclose(decode_frames(path)[1], pts, atol=1e-3)
+    with av.open(str(path)) as container:
+        samples = np.concatenate([f.to_ndarray() for f in container.decode(audio=0)], axis=1)
+    assert samples.shape == (2, 72_000)  # ALAC is lossless: the samples come back
+    assert np.abs(samples / 2.0 ** 31 - stereo).max() < 1e-4
+
+
+def test_encode_rejects_bad_audio_and_leaves_nothing(tmp_path: Path) -> None:
+    frames = make_test_pattern(2, 32, 32)
+    path = tmp_path / "bad.mp4"
+    with pytest.raises(ValueError, match="audio must be float samples"):
+        encode_video(path, frames, audio=AudioTrack(np.zeros(100, np.int16), 16_000))
+    with pytest.raises(ValueError, match="audio rate must be positive"):
+        encode_video(path, frames, audio=AudioTrack(np.zeros(100, np.float32), 0))
+    with pytest.raises(ValueError, match=r"no audio encoder among \['libx264'\]"):
+        encode_video(path, frames, audio=AudioTrack(np.zeros(100, np.float32), 16_000,
+                                                    codec="libx264"))
+    with pytest.raises(ValueError, match="cannot write libx264 yuv420p and libopus audio "
+                                         "into avi"):
+        encode_video(tmp_path / "bad.avi", frames, audio=AudioTrack(
+            np.zeros(100, np.float32), 16_000, codec="libopus"))
+    assert not list(tmp_path.iterdir())
