@@ -262,8 +262,9 @@ def prediction_reader(
     frame_tap: FrameTap | None = None,
 ) -> ClipReader:
     """The `ClipReader` ``predict_video`` reads ``source`` with: the model's frames per clip,
-    size and crop (``detect_fps`` overriding the model's rate); ``frame_tap`` sees each frame
-    decoded (``emotion_model.annotate`` draws on them)."""
+    size and crop (``detect_fps`` overriding the model's rate), and each clip's sound for a
+    model that reads audio (its `AudioSpec`; none for a video model); ``frame_tap`` sees each
+    frame decoded (``emotion_model.annotate`` draws on them)."""
     return ClipReader(
         source,
         num_frames=predictor.num_frames,
@@ -273,6 +274,7 @@ def prediction_reader(
         crop=predictor.crop.with_detect_fps(detect_fps),
         max_faces=max_faces,
         frame_tap=frame_tap,
+        audio=None if predictor.modality == "video" else predictor.audio_spec,
     )
 
 
