@@ -38,9 +38,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         detect_fps=settings.detect_fps, max_faces=settings.max_faces,
     )
     labels = predictor.labels
+    audio = predictor.modality != "video"
     if result.crop == "frame":
         console.print(_clip_table(f"{result.uri}  (model {result.model_version})", labels,
-                                  result.clips, ("video", 0.0, result.duration_s, result)))
+                                  result.clips, ("video", 0.0, result.duration_s, result),
+                                  audio=audio))
     elif not result.faces:
         console.print(f"{result.uri}: no face found in {result.duration_s:.2f} s "
                       f"(model {result.model_version}, face crops)")
@@ -50,7 +52,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                  f"s at x={x:.2f} y={y:.2f} w={w:.2f} h={h:.2f}  (model {result.model_version})")
         clips = [c for c in result.clips if c.face_id == face.face_id]
         console.print(_clip_table(title, labels, clips,
-                                  (f"face {face.face_id}", face.first_s, face.last_s, face)))
+                                  (f"face {face.face_id}", face.first_s, face.last_s, face),
+                                  audio=audio))
     if result.faces and len(result.faces) > 1 and result.label is not None:
         console.print(f"video label (the longest-seen face): [bold]{result.label}[/bold] "
                       f"{result.confidence:.3f}")
@@ -59,7 +62,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def print_notes(result: Any, predictor: Any) -> None:
-    """The warnings after a video's prediction: partly decoded, untrained model."""
+    """The notes after a video's prediction: the sound a model that reads audio had, partly
+    decoded, untrained model."""
+    if predictor.modality != "video" and result.clips:
+        without = sum(not c.audio_present for c in result.clips)
+        alone = ("from the frames alone" if predictor.modality == "audio-video"
+                 else "from nothing (left out of the means)")
+        console.print(f"audio ({predictor.modality} model): {len(result.clips) - without} of "
+                      f"{len(result.clips)} clips had sound"
+                      + (f"; the {without} without were predicted {alone}" if without else ""))
     if result.partial:
         err.print(f"warning: {result.uri}: partly decoded: {result.partial_reason}")
     if predictor.metadata.get("untrained"):
@@ -67,21 +78,25 @@ def print_notes(result: Any, predictor: Any) -> None:
 
 
 def _clip_table(title: str, labels: tuple[str, ...], clips: list[Any],
-                total: tuple[str, float, float, Any]) -> Table:
-    """One row per clip and a bold last row (the video's or the face's mean)."""
+                total: tuple[str, float, float, Any], *, audio: bool = False) -> Table:
+    """One row per clip and a bold last row (the video's or the face's mean); with ``audio``
+    (a model that reads it), an ``audio`` column: whether the clip's sound was used."""
     table = Table(title=title)
     for name in ("clip", "start s", "end s"):
         table.add_column(name, justify="right")
+    if audio:
+        table.add_column("audio")
     table.add_column("label")
     table.add_column("confidence", justify="right")
     for label in labels:
         table.add_column(label[:7], justify="right")
     name, start, end, summary = total
-    rows = [(str(c.index), c.start_s, c.end_s, c.label, c) for c in clips]
-    rows.append((name, start, end, f"[bold]{summary.label}[/bold]", summary))
-    for first, s, e, label, item in rows:
-        table.add_row(first, f"{s:.2f}", f"{e:.2f}", label, f"{item.confidence:.3f}",
-                      *(f"{item.probabilities[k]:.3f}" for k in labels))
+    rows = [(str(c.index), c.start_s, c.end_s, "yes" if c.audio_present else "no", c.label, c)
+            for c in clips]
+    rows.append((name, start, end, "", f"[bold]{summary.label}[/bold]", summary))
+    for first, s, e, sound, label, item in rows:
+        table.add_row(first, f"{s:.2f}", f"{e:.2f}", *([sound] if audio else []), label,
+                      f"{item.confidence:.3f}", *(f"{item.probabilities[k]:.3f}" for k in labels))
     return table
 
 

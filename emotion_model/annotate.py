@@ -277,7 +277,7 @@ class _Annotator:
         """A batch of clips was predicted: add them to the timelines."""
         for clip, p in zip(batch, probs, strict=True):
             timeline = self.timelines.setdefault(clip.face_id, _Timeline())
-            timeline.add(clip_prediction(clip, p, self.predictor.labels))
+            timeline.add(clip_prediction(clip, p, self.predictor.labels, self.predictor.modality))
             self.unpredicted.popleft()
         if not self.exact:
             self._drain(self._decided_until())

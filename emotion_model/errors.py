@@ -53,6 +53,12 @@ class NoDecodableFramesError(VideoError):
     """The video stream gave zero decodable frames."""
 
 
+class NoAudioError(VideoError):
+    """An audio-only model was given a video none of whose clips has usable sound (no audio
+    stream, or all of it corrupt): nothing to predict from (the batch flow writes an ``errors``
+    row of stage ``decode``)."""
+
+
 class NoFaceError(VideoError):
     """Face crops were asked for and no face was found (training leaves such a video out;
     the batch flow records it as a video with ``faces = 0``)."""

@@ -15,13 +15,18 @@ import torch
 
 from emotion_model.audio import AudioSpec
 from emotion_model.checkpoint import load_deployment
+from emotion_model.errors import NoAudioError
 from emotion_model.face_clips import CropSpec, FaceTrackInfo
 from emotion_model.labels import EMOTION_LABELS
-from emotion_model.model import EmotionClassifier
+from emotion_model.model import MODALITIES, EmotionClassifier
 from emotion_model.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize
-from emotion_model.video import Clip, ClipReader, FrameTap, VideoSource
+from emotion_model.video import Clip, ClipReader, FrameTap, VideoInfo, VideoSource
 
 DeviceName = Literal["auto", "cpu", "cuda"] | str
+ClipModality = Literal["video", "audio", "audio-video", "none"]
+CLIP_MODALITIES: tuple[ClipModality, ...] = ("video", "audio", "audio-video", "none")
+"""What one clip's prediction was made from (`clip_modality`): a model's modality, or
+``none`` for an audio model's clip without sound."""
 
 
 def resolve_device(device: DeviceName = "auto") -> torch.device:
@@ -174,6 +179,10 @@ class ClipPrediction:
     face_id: int = -1
     face_box: tuple[float, float, float, float] | None = None
     face_score: float | None = None
+    audio_present: bool = False
+    """The clip's sound went into its prediction (always False for a video model)."""
+    modality: ClipModality = "video"
+    """What the prediction was made from (`clip_modality`)."""
 
 
 @dataclass(frozen=True)
@@ -251,6 +260,26 @@ def main_face(faces: Sequence[FacePrediction]) -> FacePrediction | None:
     return min(faces, key=lambda f: (-(f.last_s - f.first_s), -f.clips, f.face_id))
 
 
+def video_label(
+    mode: str,
+    face_ids: Sequence[int],
+    probs: np.ndarray,
+    pool: np.ndarray,
+    tracks: Sequence[FaceTrackInfo],
+    labels: Sequence[str],
+) -> tuple[list[FacePrediction], tuple[str, float, dict[str, float]] | None]:
+    """A video's face tracks (face ``mode``) and its label, confidence and probabilities from
+    its clips (``face_ids[i]`` and ``probs[i]`` clip ``i``'s) that ``pool`` keeps
+    (`pooled_clips`): the mean of the clips (whole frames), or the longest-seen face's (None
+    when no face was found)."""
+    ids, pooled = np.asarray(face_ids)[pool], probs[pool]
+    if mode != "face":
+        return [], label_probabilities(pooled.mean(axis=0), labels)
+    faces = face_predictions(ids.tolist(), pooled, tracks, labels)
+    main = main_face(faces)
+    return faces, (main.label, main.confidence, main.probabilities) if main else None
+
+
 def prediction_reader(
     predictor: Predictor,
     source: VideoSource,
@@ -300,15 +329,48 @@ def predict_batches(
         yield pending, clip_probabilities(predictor, pending)
 
 
+def audio_used(model_modality: str, clip: Clip) -> bool:
+    """Whether a model of ``model_modality`` predicts ``clip`` from its sound: it reads audio
+    and the clip has some (``audio_present``; a clip read without audio, ``audio`` None,
+    counts as absent)."""
+    return model_modality != "video" and clip.audio_present and clip.audio is not None
+
+
+def clip_modality(model_modality: str, audio_present: bool) -> ClipModality:
+    """What a clip's prediction was made from: the model's modality, less the sound when the
+    clip had none (``audio_present`` False): an ``audio-video`` model's clip then comes from
+    its frames alone (``video``), an ``audio`` model's from nothing (``none``: the model's
+    learned no-audio output, the same for every such clip)."""
+    if model_modality not in MODALITIES:
+        raise ValueError(f"unknown model modality {model_modality!r}")
+    if audio_present or model_modality == "video":
+        return model_modality  # type: ignore[return-value]
+    return "video" if model_modality == "audio-video" else "none"
+
+
+def pooled_clips(model_modality: str, audio_present: Sequence[bool], info: VideoInfo
+                 ) -> np.ndarray:
+    """bool mask of the clips whose probabilities make their video's (and faces') label: all
+    of them, except an audio model's clips without sound (``none``: they say nothing about the
+    video). Raises `NoAudioError` when an audio model's video has clips and none has sound."""
+    present = np.asarray(audio_present, dtype=bool).reshape(-1)
+    if model_modality != "audio":
+        return np.ones(len(present), dtype=bool)
+    if len(present) and not present.any():
+        reason = ("no audio stream" if info.audio_codec is None
+                  else info.audio_error or "no clip window has usable audio")
+        raise NoAudioError(info.uri, f"an audio model, and no clip has sound: {reason}")
+    return present
+
+
 def clip_probabilities(predictor: Predictor, clips: Sequence[Clip]) -> np.ndarray:
     """``predictor``'s probabilities ``[len(clips), num_classes]`` for ``clips``: their frames,
-    and, for a model that reads audio, their log-mel and ``audio_present`` (a clip read
-    without audio, ``audio`` None, counts as absent)."""
+    and, for a model that reads audio, their log-mel and ``audio_present`` (`audio_used`)."""
     frames = np.stack([c.frames for c in clips])
     spec = predictor.audio_spec
     if predictor.modality == "video" or spec is None:
         return predictor.probabilities(frames)
-    present = [c.audio_present and c.audio is not None for c in clips]
+    present = [audio_used(predictor.modality, c) for c in clips]
     if not any(present):
         return predictor.probabilities(frames, None, present)
     placeholder = np.zeros(spec.shape, np.float32)  # never read: its clip is absent
@@ -316,11 +378,15 @@ def clip_probabilities(predictor: Predictor, clips: Sequence[Clip]) -> np.ndarra
     return predictor.probabilities(frames, audio, present)
 
 
-def clip_prediction(clip: Clip, probs: np.ndarray, labels: Sequence[str]) -> ClipPrediction:
-    """One clip's prediction from its probabilities ``[num_classes]``."""
+def clip_prediction(clip: Clip, probs: np.ndarray, labels: Sequence[str],
+                    model_modality: str = "video") -> ClipPrediction:
+    """One clip's prediction from its probabilities ``[num_classes]`` by a model of
+    ``model_modality`` (its sound's part: `audio_used`, `clip_modality`)."""
     label, conf, named = label_probabilities(probs, labels)
+    present = audio_used(model_modality, clip)
     return ClipPrediction(clip.index, clip.start_s, clip.end_s, label, conf, named,
-                          clip.face_id, clip.face_box, clip.face_score)
+                          clip.face_id, clip.face_box, clip.face_score, present,
+                          clip_modality(model_modality, present))
 
 
 def video_prediction(
@@ -328,7 +394,8 @@ def video_prediction(
 ) -> VideoPrediction:
     """What ``predict_video`` returns once ``reader`` has read every clip: ``clips`` in the
     order read and their probabilities (``probs``: one array per batch). In face mode only the
-    clips of the face tracks the video kept count."""
+    clips of the face tracks the video kept count; an audio model's clips without sound are
+    listed but left out of the means (`pooled_clips`: `NoAudioError` when no clip has sound)."""
     info = reader.info
     labels = predictor.labels
     all_probs = np.concatenate(probs) if len(probs) else np.zeros((0, len(labels)), np.float32)
@@ -337,15 +404,12 @@ def video_prediction(
         keep = on_kept_tracks([c.face_id for c in clips], info.faces)
         clips = [c for c, k in zip(clips, keep, strict=True) if k]
         all_probs = all_probs[keep]
-    per_clip = [clip_prediction(c, p, labels) for c, p in zip(clips, all_probs, strict=True)]
-    faces: list[FacePrediction] = []
-    if mode == "face":
-        faces = face_predictions([c.face_id for c in clips], all_probs, info.faces, labels)
-        main = main_face(faces)
-        label, conf, named = (main.label, main.confidence, main.probabilities) if main else (
-            None, None, None)
-    else:
-        label, conf, named = label_probabilities(all_probs.mean(axis=0), labels)
+    per_clip = [clip_prediction(c, p, labels, predictor.modality)
+                for c, p in zip(clips, all_probs, strict=True)]
+    pool = pooled_clips(predictor.modality, [c.audio_present for c in per_clip], info)
+    faces, top = video_label(mode, [c.face_id for c in per_clip], all_probs, pool, info.faces,
+                             labels)
+    label, conf, named = top if top is not None else (None, None, None)
     return VideoPrediction(
         uri=info.uri,
         clips=per_clip,

@@ -162,6 +162,23 @@ def face_model(tmp_path_factory: pytest.TempPathFactory) -> Any:
     return path
 
 
+@pytest.fixture(scope="session")
+def fused_model(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """An UNTRAINED small audio-video model (16 frames of 64 px, whole frames, the default
+    `AudioSpec`: 4 s of 16 kHz log-mel), seeded: what ``new-model --modality audio-video
+    --crop frame`` writes, smaller."""
+    import torch
+
+    from emotion_model.checkpoint import save_deployment
+    from emotion_model.model import build_model
+
+    path = tmp_path_factory.mktemp("fused-model") / "small-fused.safetensors"
+    torch.manual_seed(0)
+    save_deployment(build_model("small", modality="audio-video").eval(), path, num_frames=16,
+                    img_size=64, untrained=True)
+    return path
+
+
 # --- Prefect: one test server for the session ----------------------------------------------------
 @pytest.fixture(scope="session")
 def prefect_server() -> Iterator[None]:
@@ -495,18 +512,22 @@ def extra_clips() -> list[_Path]:
 # --- drawn-face sample data (synthetic, RAVDESS or CREMA-D names), rendered once per session -----
 @pytest.fixture(scope="session")
 def face_videos(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """``face_videos(layout, takes, seconds)``: a folder of 6 actors x 6 emotions x ``takes`` of
-    96x96 15 fps drawn faces (seed 0), rendered on first use and shared by the session."""
+    """``face_videos(layout, takes, seconds, audio=False, ambiguous=())``: a folder of 6 actors
+    x 6 emotions x ``takes`` of 96x96 15 fps drawn faces (seed 0), rendered on first use and
+    shared by the session; with ``audio``, each with its synthetic voice (RAVDESS names:
+    modality 01), and the faces of the ``ambiguous`` emotions drawn neutral."""
     from emotion_model.sample_data import make_sample_dataset
 
-    made: dict[tuple[str, int, float], _Path] = {}
+    made: dict[tuple[str, int, float, bool, tuple[str, ...]], _Path] = {}
 
-    def make(layout: str = "ravdess", takes: int = 1, seconds: float = 2.0) -> _Path:
-        key = (layout, takes, seconds)
+    def make(layout: str = "ravdess", takes: int = 1, seconds: float = 2.0,
+             audio: bool = False, ambiguous: tuple[str, ...] = ()) -> _Path:
+        key = (layout, takes, seconds, audio, tuple(ambiguous))
         if key not in made:
-            root = tmp_path_factory.mktemp(f"faces-{layout}-{takes}")
+            root = tmp_path_factory.mktemp(f"faces-{layout}-{takes}" + ("-audio" if audio else ""))
             make_sample_dataset(root, actors=6, layout=layout, takes_per_emotion=takes,
-                                seconds=seconds, fps=15, size=(96, 96), seed=0)
+                                seconds=seconds, fps=15, size=(96, 96), seed=0, audio=audio,
+                                ambiguous=ambiguous)
             made[key] = root
         return made[key]
 

@@ -1,12 +1,14 @@
 """Test videos: a moving pattern whose frames spell their own index (so a decoder's frame order
 and timing can be checked), an audio-only file, a video shaped like the RAVDESS derivative the
-workplace has (which may not be copied into the repository), and where the repository's real
-CREMA-D clips are. Importable from every test module (``tests/`` is on ``sys.path`` through its
-conftest) and nothing in the package uses them."""
+workplace has (which may not be copied into the repository), where the repository's real
+CREMA-D clips are, and files with sound written with PyAV (`write_av`, `tone`). Importable from
+every test module (``tests/`` is on ``sys.path`` through its conftest) and nothing in the
+package uses them."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -28,6 +30,8 @@ __all__ = [
     "make_test_pattern",
     "needs_encoder",
     "pattern_frame_index",
+    "tone",
+    "write_av",
     "write_ravdess_like_clip",
 ]
 
@@ -49,6 +53,9 @@ actor 19. Surprised is outside the six classes the model uses."""
 RAVDESS_LIKE_FPS = Fraction(30000, 1001)  # 29.97
 RAVDESS_LIKE_FRAMES = 122
 RAVDESS_LIKE_SIZE = 720
+
+AUDIO_RATE = 16_000
+"""Samples per second of `tone` and `write_av`'s audio by default (`AudioSpec`'s)."""
 
 EXTRA_CLIPS_ENV = "EMOTION_PIPELINE_SHARED_DATA"
 """Names a folder of more real clips for the tests to decode as well; optional."""
@@ -183,3 +190,72 @@ def decode_frames(path: Path) -> tuple[list[np.ndarray], list[float]]:
             frames.append(frame.to_ndarray(format="rgb24"))
             times.append(float(frame.pts * frame.time_base))
     return frames, times
+
+
+# --- video with sound ----------------------------------------------------------------------------
+def write_av(
+    path: Path,
+    frames: np.ndarray,
+    *,
+    fps: int = 10,
+    audio: np.ndarray | None = None,
+    rate: int = AUDIO_RATE,
+    audio_codec: str = "pcm_s16le",
+    video_start_s: float = 0.0,
+    audio_start_s: float = 0.0,
+    garble: Callable[[float], bool] | None = None,
+) -> Path:
+    """Write ``frames`` (uint8 ``[T, H, W, 3]``, MPEG-4 Part 2) and ``audio`` (float32
+    ``[channels, samples]`` at ``rate``) into one file, interleaved in time order, each stream
+    starting at its own time. Audio packets whose time ``garble`` accepts get random bytes."""
+    fmt = {".mkv": "matroska", ".mp4": "mp4"}[path.suffix]
+    rng = np.random.default_rng(0)
+    chunk = 1024
+    with av.open(str(path), "w", format=fmt) as container:
+        video = container.add_stream("mpeg4", rate=fps)
+        video.width, video.height, video.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        video.codec_context.time_base = Fraction(1, fps)
+        events = [(video_start_s + i / fps, 0, i) for i in range(len(frames))]
+        if audio is not None:
+            sound = container.add_stream(audio_codec, rate=rate)
+            sound.layout = "stereo" if audio.shape[0] == 2 else "mono"
+            total = -(-audio.shape[1] // chunk) * chunk
+            audio = np.pad(audio.astype(np.float32), ((0, 0), (0, total - audio.shape[1])))
+            events += [(audio_start_s + k / rate, 1, k) for k in range(0, total, chunk)]
+
+        def mux(packets: list[av.Packet]) -> None:
+            for packet in packets:
+                if (garble is not None and packet.stream.type == "audio"
+                        and packet.pts is not None and garble(float(packet.pts
+                                                                   * packet.time_base))):
+                    bad = av.Packet(rng.integers(0, 256, packet.size, np.uint8).tobytes())
+                    bad.pts, bad.dts, bad.duration = packet.pts, packet.dts, packet.duration
+                    bad.time_base, bad.stream = packet.time_base, packet.stream
+                    packet = bad
+                container.mux(packet)
+
+        for _, kind, i in sorted(events):
+            if kind == 0:
+                picture = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
+                picture.pts = i + round(video_start_s * fps)
+                picture.time_base = Fraction(1, fps)
+                mux(video.encode(picture))
+            else:
+                assert audio is not None
+                samples = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio[:, i:i + chunk]),
+                                                     format="fltp", layout=sound.layout.name)
+                samples.pts = i + round(audio_start_s * rate)
+                samples.sample_rate, samples.time_base = rate, Fraction(1, rate)
+                mux(sound.encode(samples))
+        mux(video.encode())
+        if audio is not None:
+            mux(sound.encode(None))
+    return path
+
+
+def tone(seconds: float, freq: float, *, rate: int = AUDIO_RATE, channels: int = 1,
+         amplitude: float = 0.3) -> np.ndarray:
+    """A sine of ``freq`` Hz, float32 ``[channels, samples]``."""
+    t = np.arange(round(seconds * rate)) / rate
+    wave = (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+    return np.repeat(wave[None], channels, axis=0)

@@ -5,11 +5,13 @@
     videos of one shard -> ShardRunner
         -> decode pool (settings.decode_threads threads, ShardRunner._decode_clips): read bytes
            through fsspec (retried), emotion_model.video.ClipReader -> uint8 clips (face
-           models: faces detected and tracked in the same pass, one clip per face track)
+           models: faces detected and tracked in the same pass, one clip per face track;
+           models that read audio: each clip's log-mel, demuxed in the same pass)
         -> bounded queue (2 x batch_size clips, >= 8: memory stays bounded) of messages:
            ClipDecoded per clip, then VideoDecoded or VideoFailed per video
         -> one consumer (ShardRunner._consume): batches of batch_size clips across videos ->
-           Predictor (GPU: AMP, pinned memory; CPU: fp32) under torch.inference_mode()
+           Predictor (GPU: AMP, pinned memory; CPU: fp32) under torch.inference_mode(), with
+           the clips' log-mel and audio_present for a model that reads audio
         -> ShardWriter: predictions / faces / videos / errors, one atomic file per table
 
 Decode and compute overlap: the pool decodes the next clips while the model runs. A bad video
@@ -36,14 +38,17 @@ import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from emotion_model.errors import LabelMismatchError, VideoError, one_line
+from emotion_model.errors import LabelMismatchError, NoAudioError, VideoError, one_line
 from emotion_model.labels import EMOTION_LABELS
 from emotion_model.predict import (
     Predictor,
-    face_predictions,
+    audio_used,
+    clip_modality,
+    clip_probabilities,
     label_probabilities,
-    main_face,
     on_kept_tracks,
+    pooled_clips,
+    video_label,
 )
 from emotion_model.video import Clip, ClipReader, VideoInfo
 from tasks.batch.planning import ShardPlan
@@ -73,6 +78,8 @@ class ShardResult:
     """Face models: videos decoded whole in which no face was found (succeeded, no label)."""
     faces: int = 0
     clips: int = 0
+    clips_no_audio: int = 0
+    """Clips predicted without their sound by a model that reads audio (0 for video models)."""
     failed_by_stage: dict[str, int] = field(default_factory=dict)
     labels: dict[str, int] = field(default_factory=dict)
     decode_s: float = 0.0
@@ -126,7 +133,8 @@ DecodeMessage = ClipDecoded | VideoDecoded | VideoFailed
 
 @dataclass(frozen=True)
 class _ClipPlace:
-    """Where a clip is (its frames go with the batch): window, face track, seconds, box."""
+    """Where a clip is (its frames and sound go with the batch): window, face track, seconds,
+    box, and whether its sound goes into its prediction."""
 
     index: int
     face_id: int
@@ -134,6 +142,7 @@ class _ClipPlace:
     end_s: float
     face_box: tuple[float, float, float, float] | None
     face_score: float | None
+    audio_present: bool
 
     @property
     def key(self) -> tuple[int, int]:
@@ -297,6 +306,7 @@ class ShardRunner:
             threads=0,
             crop=self.crop,
             max_faces=self.settings.max_faces,
+            audio=self.predictor.audio_spec,  # None for a video model: no audio demuxed
         )
         try:
             for clip in reader:
@@ -329,9 +339,10 @@ class ShardRunner:
         state = self._states[message.index]
         match message:
             case ClipDecoded(clip=clip):
-                # keep only the clip's place: its frames go with the batch
-                state.clips.append(_ClipPlace(clip.index, clip.face_id, clip.start_s,
-                                              clip.end_s, clip.face_box, clip.face_score))
+                # keep only the clip's place: its frames and sound go with the batch
+                state.clips.append(_ClipPlace(
+                    clip.index, clip.face_id, clip.start_s, clip.end_s, clip.face_box,
+                    clip.face_score, audio_used(self.predictor.modality, clip)))
                 self._pending.append(message)
                 if len(self._pending) >= self.batch_size:
                     self._run_batch()
@@ -353,7 +364,7 @@ class ShardRunner:
         batch, self._pending = self._pending, []
         t0 = time.perf_counter()
         try:
-            probs = self.predictor.probabilities(np.stack([m.clip.frames for m in batch]))
+            probs = clip_probabilities(self.predictor, [m.clip for m in batch])
         except Exception as exc:  # e.g. out of memory: the batch's videos fail, the run goes on
             for m in batch:
                 state = self._states[m.index]
@@ -389,11 +400,15 @@ class ShardRunner:
                 not state.clips or len(state.probs) != len(state.clips)):
             state.failure = VideoFailed(index, "infer", "InferenceError",
                                         "no prediction for some clips")
-        if state.failure is not None:
-            self._record_failure(state.video, state.failure)
-            return False
-        self._record_video(state)
-        return True
+        failure = state.failure
+        if failure is None:
+            try:
+                self._record_video(state)
+                return True
+            except NoAudioError as exc:  # an audio model, a video without sound: nothing written
+                failure = state.failure = VideoFailed.of(index, "decode", exc)
+        self._record_failure(state.video, failure)
+        return False
 
     def _record_failure(self, video: VideoObject, failure: VideoFailed) -> None:
         """One ``errors`` row; the message starts with the video's URI."""
@@ -411,7 +426,9 @@ class ShardRunner:
     def _record_video(self, state: _VideoState) -> None:
         """The ``predictions`` rows (one per clip), the ``faces`` rows (face models: one per
         track kept) and the ``videos`` row: the clips' mean (whole frames) or the longest-seen
-        face's (faces; no label when no face was found)."""
+        face's (faces; no label when no face was found). An audio model's clips without sound
+        are written but left out of the means (`pooled_clips`; `NoAudioError`, raised before
+        any row is added, when none has sound)."""
         video, info = state.video, state.info
         assert info is not None
         common = {
@@ -426,43 +443,49 @@ class ShardRunner:
             places = [c for c, k in zip(places, keep, strict=True) if k]
         probs = np.array([state.probs[c.key] for c in places], np.float32).reshape(
             len(places), len(self.labels))
+        modality = self.predictor.modality
+        present = [c.audio_present for c in places]
+        pool = pooled_clips(modality, present, info)  # NoAudioError: before any row is added
         for place, p in zip(places, probs, strict=True):
             label, confidence, _ = label_probabilities(p, self.labels)
             self.writer.add_prediction(
                 **common, clip_index=place.index, clip_start_s=place.start_s,
                 clip_end_s=place.end_s, face_id=place.face_id, **_box_columns(place.face_box),
-                face_score=place.face_score, label=label, confidence=confidence,
-                **prob_columns(p),
+                face_score=place.face_score, audio_present=place.audio_present,
+                modality=clip_modality(modality, place.audio_present), label=label,
+                confidence=confidence, **prob_columns(p),
             )
-        result = self.result
-        video_columns: dict[str, Any]
+        faces, top = video_label(self.crop.mode, [c.face_id for c in places], probs, pool,
+                                 info.faces, self.labels)
+        for face in faces:
+            self.writer.add_face(
+                **common, face_id=face.face_id, first_s=face.first_s, last_s=face.last_s,
+                **_box_columns(face.box), num_clips=face.clips, label=face.label,
+                confidence=face.confidence, **prob_columns(list(face.probabilities.values())),
+            )
+        reads_audio = modality != "video"
+        no_audio = present.count(False) if reads_audio else 0
+        video_columns: dict[str, Any] = {
+            "crop": self.crop.mode, "audio_codec": info.audio_codec,
+            "clips_no_audio": no_audio if reads_audio else None}
         if self.crop.mode == "face":
-            faces = face_predictions([c.face_id for c in places], probs, info.faces, self.labels)
-            for face in faces:
-                self.writer.add_face(
-                    **common, face_id=face.face_id, first_s=face.first_s, last_s=face.last_s,
-                    **_box_columns(face.box), num_clips=face.clips, label=face.label,
-                    confidence=face.confidence, **prob_columns(list(face.probabilities.values())),
-                )
-            main = main_face(faces)
-            video_columns = {"crop": "face", "faces": len(faces)}
-            if main is not None:
-                video_columns |= {"label": main.label, "confidence": main.confidence,
-                                  **prob_columns(list(main.probabilities.values()))}
-            result.faces += len(faces)
-            result.no_face += int(main is None)
-            label = main.label if main is not None else None
-        else:
-            label, confidence, _ = label_probabilities(probs.mean(axis=0), self.labels)
-            video_columns = {"crop": "frame", "label": label, "confidence": confidence,
-                             **prob_columns(probs.mean(axis=0))}
+            video_columns["faces"] = len(faces)
+        label = None
+        if top is not None:
+            label, confidence, named = top
+            video_columns |= {"label": label, "confidence": confidence,
+                              **prob_columns(list(named.values()))}
         self.writer.add_video(
             **common, num_clips=len(places), partial=info.partial,
             partial_reason=info.partial_reason, **video_columns,
         )
+        result = self.result
         result.succeeded += 1
         result.partial += int(info.partial)
         result.clips += len(places)
+        result.clips_no_audio += no_audio
+        result.faces += len(faces)
+        result.no_face += int(self.crop.mode == "face" and top is None)
         result.detect_s += info.detect_s
         if label is not None:
             result.labels[label] = result.labels.get(label, 0) + 1
@@ -510,6 +533,7 @@ def merge_results(results: list[ShardResult]) -> dict[str, Any]:
         "no_face": sum(r.no_face for r in results),
         "faces": sum(r.faces for r in results),
         "clips": sum(r.clips for r in results),
+        "clips_no_audio": sum(r.clips_no_audio for r in results),
         "failed_by_stage": dict(stages),
         "label_distribution": {k: labels.get(k, 0) for k in EMOTION_LABELS},
         "decode_s": round(sum(r.decode_s for r in results), 3),

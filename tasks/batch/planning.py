@@ -34,6 +34,9 @@ class ModelInfo:
     untrained: bool = False
     crop: str = "frame"
     """``"face"`` or ``"frame"``: how the model cuts its clips (its ``crop`` metadata)."""
+    modality: str = "video"
+    """``"video"``, ``"audio"`` or ``"audio-video"``: what the model reads (its ``modality``
+    metadata; a file without it is a video model)."""
 
 
 @dataclass
@@ -93,6 +96,7 @@ def preflight(settings: BatchSettings) -> ModelInfo:
         img_size=predictor.img_size,
         untrained=bool(meta.get("untrained", False)),
         crop=crop.mode,
+        modality=predictor.modality,
     )
 
 

@@ -133,7 +133,8 @@ def _cards(counts: Mapping[str, Any]) -> tuple[list[dict], list[dict]]:
              card("deferred_max_videos", "deferred (max_videos)"),
              card("failed", "failed", "bad"), card("no_face", "no face found")]
     minor = [card("partial", "partly decoded"), card("faces", "face tracks"),
-             card("clips", "clips"), card("skipped_not_video", "non-video objects skipped")]
+             card("clips", "clips"), card("clips_no_audio", "clips without audio"),
+             card("skipped_not_video", "non-video objects skipped")]
     return major, minor
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "ERRORS_SCHEMA",
     "FACES_SCHEMA",
     "PREDICTIONS_SCHEMA",
+    "MODALITIES",
     "PROB_COLUMNS",
     "SCHEMAS",
     "STAGES",
@@ -69,6 +70,11 @@ file itself is bad), ``infer`` (the model step), ``write`` (its shard's outputs)
 PROB_COLUMNS: tuple[str, ...] = tuple(f"prob_{label}" for label in EMOTION_LABELS)
 """The six probability columns, in `EMOTION_LABELS` order."""
 
+MODALITIES: tuple[str, ...] = ("video", "audio", "audio-video", "none")
+"""``predictions.modality``: what a clip was predicted from (its model's modality, less the
+sound when the clip had none: ``none`` for an audio model's clip without sound), as
+``emotion_model.predict.clip_modality`` says."""
+
 # --- schemas (contract) ------------------------------------------------------------------------
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 _PROBS = [pa.field(name, pa.float32()) for name in PROB_COLUMNS]
@@ -91,6 +97,8 @@ PREDICTIONS_SCHEMA = pa.schema(
         pa.field("face_id", pa.int32()),  # the face track in the video; -1: whole frame
         *_BOX,  # the clip's mean face box; null for whole frames
         pa.field("face_score", pa.float32()),  # the detector's mean score; null for whole frames
+        pa.field("audio_present", pa.bool_()),  # the clip's sound went into its prediction
+        pa.field("modality", pa.string()),  # what it was predicted from: one of MODALITIES
         pa.field("label", pa.string()),  # dictionary-encoded in the file
         pa.field("confidence", pa.float32()),
         *_PROBS,
@@ -125,6 +133,8 @@ VIDEOS_SCHEMA = pa.schema(
         pa.field("partial_reason", pa.string()),  # null unless partial
         pa.field("crop", pa.string()),  # "face" or "frame": how the model cut its clips
         pa.field("faces", pa.int32()),  # face tracks kept; null for whole-frame models
+        pa.field("audio_codec", pa.string()),  # the sound's codec; null: none, or not read
+        pa.field("clips_no_audio", pa.int32()),  # clips without sound; null: a video model
         pa.field("label", pa.string()),  # dictionary-encoded; null when no face was found
         pa.field("confidence", pa.float32()),
         *_PROBS,  # whole frames: mean of the clips; faces: the longest-seen face track's
@@ -161,14 +171,15 @@ _BOX_NAMES = frozenset({"face_x", "face_y", "face_w", "face_h"})
 _NULLABLE: dict[TableName, frozenset[str]] = {
     "predictions": _BOX_NAMES | {"face_score"},
     "faces": frozenset(),
-    "videos": frozenset({"partial_reason", "faces", "label", "confidence", *PROB_COLUMNS}),
+    "videos": frozenset({"partial_reason", "faces", "audio_codec", "clips_no_audio", "label",
+                         "confidence", *PROB_COLUMNS}),
     "errors": frozenset({"video_etag", "video_bytes", "model_version"}),
 }
 # Low-cardinality columns written with Parquet dictionary encoding.
 _DICTIONARY_COLUMNS: dict[TableName, list[str]] = {
-    "predictions": ["label"],
+    "predictions": ["label", "modality"],
     "faces": ["label"],
-    "videos": ["label", "crop"],
+    "videos": ["label", "crop", "audio_codec"],
     "errors": ["stage", "error_type"],
 }
 _COMPRESSION = "zstd"
@@ -273,14 +284,15 @@ class ShardWriter:
 
     Column names are those of the schemas; ``run_id`` defaults to the writer's (a different
     one is refused), ``model_version`` to the writer's, ``processed_at`` to now (UTC). Unknown
-    columns, missing non-null columns, labels outside `EMOTION_LABELS` and stages outside
-    `STAGES` raise ``ValueError`` when the row is added. Error messages are cut to one line.
+    columns, missing non-null columns, labels outside `EMOTION_LABELS`, modalities outside
+    `MODALITIES` and stages outside `STAGES` raise ``ValueError`` when the row is added.
+    Error messages are cut to one line.
 
     On a clean exit (or `close`) every non-empty table is written with zstd compression and
-    dictionary-encoded ``label``; the file of a table left empty is deleted if an earlier try
-    of the same shard wrote one, so a retried shard never leaves stale rows. ``videos`` is
-    written last because its rows mark videos done. When the ``with`` body raises, nothing is
-    written.
+    dictionary-encoded ``label`` (and the other low-cardinality strings); the file of a table
+    left empty is deleted if an earlier try of the same shard wrote one, so a retried shard
+    never leaves stale rows. ``videos`` is written last because its rows mark videos done.
+    When the ``with`` body raises, nothing is written.
     """
 
     def __init__(
@@ -308,7 +320,8 @@ class ShardWriter:
 
     # rows
     def add_prediction(self, row: Mapping[str, Any] | None = None, /, **columns: Any) -> None:
-        """Add one clip row (see `PREDICTIONS_SCHEMA`)."""
+        """Add one clip row (see `PREDICTIONS_SCHEMA`); ``face_id`` defaults to -1,
+        ``audio_present`` to False and ``modality`` to ``"video"`` (a video model's clip)."""
         self._add("predictions", row, columns)
 
     def add_face(self, row: Mapping[str, Any] | None = None, /, **columns: Any) -> None:
@@ -350,6 +363,11 @@ class ShardWriter:
             values.setdefault("crop", "frame")
         if table == "predictions":
             values.setdefault("face_id", -1)
+            values.setdefault("audio_present", False)
+            values.setdefault("modality", "video")
+            if values["modality"] not in MODALITIES:
+                raise ValueError(f"modality must be one of {', '.join(MODALITIES)}; "
+                                 f"got {values['modality']!r}")
         if table == "errors":
             values["message"] = one_line(values.get("message"), _MAX_MESSAGE_CHARS)
             if values.get("stage") not in STAGES:

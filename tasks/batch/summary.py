@@ -50,6 +50,7 @@ def build_summary(
             "num_frames": model.num_frames,
             "img_size": model.img_size,
             "crop": model.crop,
+            "modality": model.modality,
         },
         "model_version": model.model_version,
         "counts": {
@@ -64,6 +65,7 @@ def build_summary(
             "no_face": totals["no_face"],
             "faces": totals["faces"],
             "clips": totals["clips"],
+            "clips_no_audio": totals["clips_no_audio"],
         },
         "failed_by_stage": failed_by_stage,
         "failed_shards": {str(k): v for k, v in failed_shards.items()},

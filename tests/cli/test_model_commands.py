@@ -136,6 +136,29 @@ def test_predict_prints_a_table(model_file: Path, video_file: Path,
     assert "untrained" in captured.err
 
 
+def test_predict_with_a_fused_model_shows_each_clips_sound(
+        workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An audio-video model: an ``audio`` column (yes / no per clip) and a line that counts
+    the clips with sound; here the first second's audio packets are garbage."""
+    from video_fixtures import make_test_pattern, tone, write_av
+
+    model = workdir / "small-fused.safetensors"
+    assert _run(["new-model", str(model), "--small", "--num-frames", "16", "--img-size", "64",
+                 "--crop", "frame", "--modality", "audio-video"]) == 0
+    video = write_av(workdir / "garbled.mkv", make_test_pattern(20, 64, 64), audio=tone(2.0, 440),
+                     audio_codec="aac", garble=lambda t: 0.2 <= t < 0.6)
+    capsys.readouterr()
+    assert _run(["predict", str(video), "--model", str(model), "--device", "cpu",
+                 "--clip-seconds", "1"]) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if "confidence" in line)
+    assert re.search(r"end s\s+[┃|│]\s+audio\s+[┃|│]\s+label", header)
+    rows = [line for line in out.splitlines() if re.match(r"^[│|]\s+\d+\s+[│|]", line)]
+    assert [re.split(r"\s*[│|]\s*", r)[4] for r in rows] == ["no", "yes"]
+    assert ("audio (audio-video model): 1 of 2 clips had sound; the 1 without were predicted "
+            "from the frames alone") in out
+
+
 def test_new_model_crops_faces_by_default(face_model_file: Path, model_file: Path) -> None:
     from emotion_model.checkpoint import load_deployment
 

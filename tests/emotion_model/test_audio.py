@@ -5,14 +5,13 @@ audio stream that starts before or after the video, one that stops early, a long
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
-from video_fixtures import CREMA_D_CLIPS, make_test_pattern
+from video_fixtures import CREMA_D_CLIPS, make_test_pattern, tone, write_av
 
 from emotion_model.audio import (
     LOG_FLOOR,
@@ -32,74 +31,6 @@ from emotion_model.video_writer import encode_video
 SPEC = AudioSpec()
 SILENCE = math.log(LOG_FLOOR)
 RATE = SPEC.sample_rate
-
-
-def write_av(
-    path: Path,
-    frames: np.ndarray,
-    *,
-    fps: int = 10,
-    audio: np.ndarray | None = None,
-    rate: int = RATE,
-    audio_codec: str = "pcm_s16le",
-    video_start_s: float = 0.0,
-    audio_start_s: float = 0.0,
-    garble: Callable[[float], bool] | None = None,
-) -> Path:
-    """Write ``frames`` (uint8 ``[T, H, W, 3]``, MPEG-4 Part 2) and ``audio`` (float32
-    ``[channels, samples]`` at ``rate``) into one file, interleaved in time order, each stream
-    starting at its own time. Audio packets whose time ``garble`` accepts get random bytes."""
-    fmt = {".mkv": "matroska", ".mp4": "mp4"}[path.suffix]
-    rng = np.random.default_rng(0)
-    chunk = 1024
-    with av.open(str(path), "w", format=fmt) as container:
-        video = container.add_stream("mpeg4", rate=fps)
-        video.width, video.height, video.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        video.codec_context.time_base = Fraction(1, fps)
-        events = [(video_start_s + i / fps, 0, i) for i in range(len(frames))]
-        if audio is not None:
-            sound = container.add_stream(audio_codec, rate=rate)
-            sound.layout = "stereo" if audio.shape[0] == 2 else "mono"
-            total = -(-audio.shape[1] // chunk) * chunk
-            audio = np.pad(audio.astype(np.float32), ((0, 0), (0, total - audio.shape[1])))
-            events += [(audio_start_s + k / rate, 1, k) for k in range(0, total, chunk)]
-
-        def mux(packets: list[av.Packet]) -> None:
-            for packet in packets:
-                if (garble is not None and packet.stream.type == "audio"
-                        and packet.pts is not None and garble(float(packet.pts
-                                                                   * packet.time_base))):
-                    bad = av.Packet(rng.integers(0, 256, packet.size, np.uint8).tobytes())
-                    bad.pts, bad.dts, bad.duration = packet.pts, packet.dts, packet.duration
-                    bad.time_base, bad.stream = packet.time_base, packet.stream
-                    packet = bad
-                container.mux(packet)
-
-        for _, kind, i in sorted(events):
-            if kind == 0:
-                picture = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
-                picture.pts = i + round(video_start_s * fps)
-                picture.time_base = Fraction(1, fps)
-                mux(video.encode(picture))
-            else:
-                assert audio is not None
-                samples = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio[:, i:i + chunk]),
-                                                     format="fltp", layout=sound.layout.name)
-                samples.pts = i + round(audio_start_s * rate)
-                samples.sample_rate, samples.time_base = rate, Fraction(1, rate)
-                mux(sound.encode(samples))
-        mux(video.encode())
-        if audio is not None:
-            mux(sound.encode(None))
-    return path
-
-
-def tone(seconds: float, freq: float, *, rate: int = RATE, channels: int = 1,
-         amplitude: float = 0.3) -> np.ndarray:
-    """A sine of ``freq`` Hz, float32 ``[channels, samples]``."""
-    t = np.arange(round(seconds * rate)) / rate
-    wave = (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-    return np.repeat(wave[None], channels, axis=0)
 
 
 def band_freq(band: int, spec: AudioSpec = SPEC) -> float:

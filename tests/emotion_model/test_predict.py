@@ -15,6 +15,7 @@ from emotion_model.model import EmotionClassifier
 from emotion_model.predict import (
     Predictor,
     VideoPrediction,
+    clip_modality,
     predict_video,
     resolve_device,
 )
@@ -37,6 +38,8 @@ def test_predict_video_end_to_end(prediction: VideoPrediction, long_video: Path)
     assert prediction.duration_s == pytest.approx(20.0)
     assert not prediction.partial and prediction.partial_reason is None
     assert prediction.model_version == "unversioned"
+    # a video model reads no sound
+    assert {(c.audio_present, c.modality) for c in prediction.clips} == {(False, "video")}
     for clip in [*prediction.clips, prediction]:
         assert list(clip.probabilities) == list(EMOTION_LABELS)
         assert sum(clip.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
@@ -44,6 +47,16 @@ def test_predict_video_end_to_end(prediction: VideoPrediction, long_video: Path)
         assert clip.label in EMOTION_LABELS
         assert clip.confidence == max(clip.probabilities.values())
         assert clip.probabilities[clip.label] == clip.confidence
+
+
+def test_a_clips_modality_is_its_models_less_the_missing_sound() -> None:
+    got = {(m, p): clip_modality(m, p) for m in ("video", "audio-video", "audio")
+           for p in (True, False)}
+    assert got == {("video", True): "video", ("video", False): "video",
+                   ("audio-video", True): "audio-video", ("audio-video", False): "video",
+                   ("audio", True): "audio", ("audio", False): "none"}
+    with pytest.raises(ValueError, match="unknown model modality 'speech'"):
+        clip_modality("speech", True)
 
 
 def test_video_probabilities_are_the_mean_of_clips(prediction: VideoPrediction) -> None:

@@ -40,7 +40,8 @@ PROBS = [f"prob_{label}" for label in EMOTION_LABELS]
 PREDICTION_COLUMNS = [
     "run_id", "video_uri", "video_etag", "video_bytes", "video_duration_s", "clip_index",
     "clip_start_s", "clip_end_s", "face_id", "face_x", "face_y", "face_w", "face_h",
-    "face_score", "label", "confidence", *PROBS, "model_version", "processed_at",
+    "face_score", "audio_present", "modality", "label", "confidence", *PROBS, "model_version",
+    "processed_at",
 ]
 ERROR_COLUMNS = ["run_id", "video_uri", "video_etag", "stage", "error_type", "message",
                  "processed_at"]
@@ -200,6 +201,9 @@ def test_s3_run_writes_one_outcome_per_video(s3_corpus: S3Corpus, first_s3_run: 
     # a model file written before face crops (no `crop` in its metadata): whole frames
     assert (predictions["face_id"] == -1).all() and predictions["face_x"].isna().all()
     assert set(videos["crop"]) == {"frame"} and videos["faces"].isna().all()
+    # a video model: no clip's sound used, none demuxed
+    assert not predictions["audio_present"].any() and set(predictions["modality"]) == {"video"}
+    assert videos["audio_codec"].isna().all() and videos["clips_no_audio"].isna().all()
     assert not any("poster.jpg" in u for u in [*videos.video_uri, *errors.video_uri])
 
     # identity columns: S3's ETag and size (the key with spaces and non-ASCII), model version
@@ -244,7 +248,8 @@ def test_s3_run_summary_counts_add_up(s3_corpus: S3Corpus, first_s3_run: dict) -
                             summary["run_id"])
     assert c["clips"] == len(predictions)
     assert_counts_add_up(summary)
-    assert summary["model"]["untrained"] is True
+    assert summary["model"]["untrained"] is True and summary["model"]["modality"] == "video"
+    assert c["clips_no_audio"] == 0  # a video model reads no sound
     # the endpoint is kept, the secret is not
     assert summary["parameters"]["storage_options"]["endpoint_url"].startswith("http://127.")
     assert summary["parameters"]["storage_options"]["secret"] == "***"

@@ -28,7 +28,7 @@ from tasks.batch.sink import run_summary_key
 GOOD = [f"good/v{i}.mp4" for i in range(4)]
 BAD = {"bad/zero.mp4": b"", "bad/text.mp4": b"this is text, renamed to .mp4\n" * 40}
 COUNT_KEYS = ("listed", "succeeded", "skipped_done", "deferred_max_videos", "failed", "no_face",
-              "partial", "faces", "clips", "skipped_not_video")
+              "partial", "faces", "clips", "clips_no_audio", "skipped_not_video")
 
 
 def _write_videos(root: Path, *, good: int = len(GOOD), bad: bool = True) -> Path:

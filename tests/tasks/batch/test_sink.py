@@ -15,8 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from emotion_model.labels import EMOTION_LABELS
+from emotion_model.predict import CLIP_MODALITIES
 from tasks.batch.sink import (
     ERRORS_SCHEMA,
+    MODALITIES,
     PREDICTIONS_SCHEMA,
     PROB_COLUMNS,
     VIDEOS_SCHEMA,
@@ -178,9 +180,10 @@ def test_files_match_schemas_zstd_and_dictionary_label(tmp_path: Path) -> None:
             for i in range(pf.metadata.num_columns)
         }
         assert {c.compression for c in columns.values()} == {"ZSTD"}, table
-        if "label" in columns:
-            assert any("DICTIONARY" in e for e in columns["label"].encodings), table
-            assert not any("DICTIONARY" in e for e in columns["video_uri"].encodings), table
+        for name in ("label", "modality", "crop"):  # the dictionary columns filled here
+            if name in columns:
+                assert any("DICTIONARY" in e for e in columns[name].encodings), (table, name)
+        assert not any("DICTIONARY" in e for e in columns["video_uri"].encodings), table
     ts = pq.read_schema(out / "predictions" / f"date={DATE}" / "run-1-00003.parquet")
     assert ts.field("processed_at").type == pa.timestamp("us", tz="UTC")
 
@@ -348,6 +351,45 @@ def test_read_done_keys_semantics(tmp_path: Path) -> None:
     assert read_done_keys(out, MV, skip_decode_errors=False) == {("ok1", "e1"), ("ok2", "e2")}
     assert read_done_keys(out, "oldmodel0000") == {("old", "e1"), ("old-corrupt", "e1")}
     assert read_done_keys(out, "never-used") == set()
+
+
+def test_audio_columns_default_to_a_video_model_and_are_checked(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with ShardWriter(str(out), "run-1", 0, DATE, model_version=MV) as w:
+        w.add_prediction(_prediction("a", 0))  # a video model's clip: the defaults
+        w.add_prediction(_prediction("a", 1), audio_present=True, modality="audio-video")
+        w.add_prediction(_prediction("b", 0), modality="none")  # an audio model, no sound
+        with pytest.raises(ValueError, match="modality must be one of video, audio, "):
+            w.add_prediction(_prediction("a", 2), modality="speech")
+        w.add_video(_video("a"), audio_codec="aac", clips_no_audio=0)
+        w.add_video(_video("b"))  # a video model: both null
+    clips = read_table(str(out), "predictions").to_pandas()
+    assert clips["audio_present"].tolist() == [False, True, False]
+    assert clips["modality"].astype(str).tolist() == ["video", "audio-video", "none"]
+    videos = read_table(str(out), "videos")
+    assert videos.column("audio_codec").to_pylist() == ["aac", None]
+    assert videos.column("clips_no_audio").to_pylist() == [0, None]
+    assert set(MODALITIES) == {"video", "audio", "audio-video", "none"} == set(CLIP_MODALITIES)
+
+
+def test_files_written_before_the_audio_columns_read_with_nulls(tmp_path: Path) -> None:
+    """The migration note: a file of the schema before (no audio columns) beside a new one."""
+    new = ("audio_present", "modality", "audio_codec", "clips_no_audio")
+    out = tmp_path / "out"
+    _write_shard(str(out), shard=1, errors=())
+    for table in ("predictions", "videos"):
+        path = out / table / f"date={DATE}" / "run-0-00000.parquet"
+        written = pq.read_table(out / table / f"date={DATE}" / "run-1-00001.parquet")
+        pq.write_table(written.drop_columns([n for n in new if n in written.column_names]), path)
+    for table in ("predictions", "videos"):
+        old = read_table(str(out), table, run_id="run-0")  # the file by its name
+        assert old.num_rows == read_table(str(out), table).num_rows / 2 > 0
+        for name in [n for n in new if n in old.column_names]:
+            assert old.column(name).null_count == old.num_rows, (table, name)
+    # pandas infers the columns from the first file (the old one): a schema is needed
+    assert "audio_present" not in pd.read_parquet(out / "predictions").columns
+    schema = PREDICTIONS_SCHEMA.append(pa.field("date", pa.string()))
+    assert pd.read_parquet(out / "predictions", schema=schema)["audio_present"].isna().sum() == 6
 
 
 def test_read_table_missing_is_empty_with_schema(tmp_path: Path) -> None:

@@ -123,7 +123,8 @@ def test_a_failed_shard_counts_its_videos_failed_at_stage_write(run: Run) -> Non
     counts = summary["counts"]
     assert counts == {"listed": 5, "skipped_not_video": 0, "skipped_done": 1,
                       "deferred_max_videos": 1, "processed": 3, "succeeded": 1, "failed": 2,
-                      "partial": 0, "no_face": 0, "faces": 0, "clips": 1}
+                      "partial": 0, "no_face": 0, "faces": 0, "clips": 1,
+                      "clips_no_audio": 0}
     assert_counts_add_up(counts)
     assert summary["status"] == "failed"
     assert summary["failed_by_stage"] == {"decode": 1, "write": 1}
@@ -151,7 +152,7 @@ def test_rates_times_model_and_labels(run: Run) -> None:
     assert (summary["clips_per_s"], summary["videos_per_s"]) == (0.1, 0.1)
     assert summary["model"] == {"uri": run.model.uri, "model_version": run.model.model_version,
                                 "untrained": True, "num_frames": 16, "img_size": 64,
-                                "crop": "frame"}
+                                "crop": "frame", "modality": "video"}
     assert list(summary["label_distribution"]) == list(EMOTION_LABELS)
     assert summary["label_distribution"] == {
         label: run.results[0].labels.get(label, 0) for label in EMOTION_LABELS}
