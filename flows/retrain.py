@@ -30,6 +30,7 @@ def retrain(
     cache: str | None = None,
     checkpoint_dir: str | None = None,
     preset: str = "r50",
+    modality: str = "video",
     num_frames: int = 48,
     img_size: int = 112,
     clip_seconds: float = 4.0,
@@ -74,6 +75,7 @@ def retrain(
     epoch_s = [h["train_s"] + h["val_s"] for h in result.history]
     return {
         **published,
+        "modality": settings.modality,
         "run_key": settings.run_key(),
         "checkpoint_uri": result.checkpoint_uri,
         "resumed_from_epoch": result.resumed_from,

@@ -119,16 +119,27 @@ def s3_bucket(s3_server: S3Server) -> str:
 # --- end of S3 section ---------------------------------------------------------------------------
 
 
-# --- torch: one thread in tests -------------------------------------------------------------------
-@pytest.fixture(autouse=True, scope="session")
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny test models run fastest on one thread; two threads thrash on a 2-core machine."""
+# --- torch: one thread in tests, two for training -------------------------------------------------
+def _torch_threads(threads: int) -> Iterator[None]:
+    """torch on ``threads`` threads until resumed, then as it was."""
     import torch
 
     saved = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     yield
     torch.set_num_threads(saved)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny test models run fastest on one thread; two threads thrash on a 2-core machine."""
+    yield from _torch_threads(1)
+
+
+@pytest.fixture(scope="module")
+def two_threads() -> Iterator[None]:
+    """Training uses both cores (the session runs torch on one)."""
+    yield from _torch_threads(2)
 
 
 # --- an untrained small model file ----------------------------------------------------------------

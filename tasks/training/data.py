@@ -50,6 +50,13 @@ class DataReport:
     missing_examples: list[str] = field(default_factory=list)
     corrupt: int = 0
     corrupt_examples: list[str] = field(default_factory=list)
+    no_audio: int = 0
+    """Models that read audio: decoded videos with no usable sound in any clip (no audio
+    stream: RAVDESS modality 02, a silent export; or audio that does not decode)."""
+    no_audio_examples: list[str] = field(default_factory=list)
+    no_audio_left_out: int = 0
+    """Of ``no_audio``, those left out of training: all of them for an audio-only model; none
+    for audio-video, which trains on them with its no-audio embedding."""
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict."""
@@ -110,14 +117,16 @@ def _read_manifest(uri: str, storage_options: Mapping[str, Any] | None) -> list[
 
 
 def collect_examples(
-    sources: Sequence[str], storage_options: Mapping[str, Any] | None = None
+    sources: Sequence[str], storage_options: Mapping[str, Any] | None = None, *,
+    audio: bool = False,
 ) -> tuple[list[Example], DataReport]:
     """Every labelled video under ``sources`` (folders, prefixes or manifests), deduplicated.
 
     Names are parsed as RAVDESS or CREMA-D. Labels outside the six classes (calm, surprised),
     names that do not parse and manifest rows whose file is missing are counted in the report,
     not raised. RAVDESS ships each performance twice (modality 01 audio-video, 02 video-only,
-    the same frames): one copy is kept, the video-only one when both exist.
+    the same frames): one copy is kept, the video-only one when both exist, or with ``audio``
+    (a model that reads the sound) the audio-video one.
     """
     report = DataReport()
     by_key: dict[str, tuple[str, Example]] = {}
@@ -151,8 +160,10 @@ def collect_examples(
                 continue
             example = Example(video.uri, video.etag, video.size, parsed.label,
                               f"{parsed.dataset}:{parsed.actor}", parsed.dataset)
-            # Prefer RAVDESS modality 02 (video-only) over 01 (audio-video): same frames.
-            rank = "0" if os.path.basename(video.uri).startswith("02-") else "1"
+            # RAVDESS: the same frames as modality 01 (audio-video) and 02 (video-only); a
+            # video model keeps 02 (as before audio models), an audio model the copy with sound
+            rank = "0" if os.path.basename(video.uri).startswith("01-" if audio else "02-") \
+                else "1"
             _keep(by_key, parsed.performance, rank + video.uri, example, report)
     examples = sorted((e for _, e in by_key.values()), key=lambda e: e.uri)
     report.used = len(examples)

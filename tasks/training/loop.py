@@ -2,7 +2,9 @@
 
 AdamW + OneCycleLR, cross-entropy with label smoothing, augmentation (random resized crop,
 horizontal flip, temporal jitter) on the device, AMP and gradient clipping on GPU, early
-stopping on validation accuracy (counted only after the one-cycle warm-up). Each epoch's
+stopping on validation accuracy (counted only after the one-cycle warm-up). A model that reads
+audio gets each clip's cached log-mel and ``audio_present`` as they are (no augmentation: the
+temporal jitter moves frames within the clip window, whose sound stays whole). Each epoch's
 shuffle and augmentation come from a generator seeded by ``(seed, epoch)`` and the checkpoint
 restores the RNGs, so a resumed run ends with the same weights as one that was never
 interrupted. One training at a time writes a checkpoint folder (its lease).
@@ -17,6 +19,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -24,15 +27,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from emotion_model.audio import AudioSpec
 from emotion_model.checkpoint import (
     load_deployment,
     load_training_checkpoint,
     save_deployment,
     save_training_checkpoint,
 )
-from emotion_model.errors import CheckpointError, CheckpointNotFoundError
+from emotion_model.errors import (
+    ArchitectureMismatchError,
+    CheckpointError,
+    CheckpointNotFoundError,
+)
 from emotion_model.labels import EMOTION_LABELS
-from emotion_model.model import EmotionClassifier, build_model
+from emotion_model.model import PRESETS, EmotionClassifier, build_model
 from emotion_model.predict import resolve_device
 from emotion_model.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from emotion_model.weights import read_state_dict
@@ -80,14 +88,40 @@ class ClipIndex:
         items = [(i, c) for i, e in enumerate(examples) for c in range(cache.count(e))]
         return cls(examples=examples, items=items)
 
-    def batch(self, cache: ClipCache, positions: Sequence[int]) -> tuple[Tensor, Tensor]:
-        """uint8 ``[B, F, H, W, 3]`` clips and int64 labels of the items at ``positions``."""
-        clips, labels = [], []
-        for p in positions:
-            e, c = self.items[p]
-            clips.append(np.asarray(cache.load(self.examples[e])[c]))
-            labels.append(LABEL_INDEX[self.examples[e].label])
-        return torch.from_numpy(np.stack(clips)), torch.tensor(labels, dtype=torch.int64)
+    def frames(self, cache: ClipCache, positions: Sequence[int]) -> Tensor:
+        """uint8 ``[B, F, H, W, 3]`` clips of the items at ``positions``."""
+        clips = [np.asarray(cache.load(self.examples[e])[c])
+                 for e, c in (self.items[p] for p in positions)]
+        return torch.from_numpy(np.stack(clips))
+
+    def labels(self, positions: Sequence[int]) -> Tensor:
+        """int64 ``[B]`` label indices of the items at ``positions``."""
+        return torch.tensor([LABEL_INDEX[self.examples[self.items[p][0]].label]
+                             for p in positions], dtype=torch.int64)
+
+    def audio(self, cache: ClipCache, positions: Sequence[int]) -> tuple[Tensor, Tensor]:
+        """float32 log-mel ``[B, n_mels, frames]`` and bool ``audio_present`` ``[B]`` of the
+        items at ``positions`` (the cache must hold audio)."""
+        rows = np.stack([np.asarray(cache.load_audio(self.examples[e])[c])
+                         for e, c in (self.items[p] for p in positions)])
+        return torch.from_numpy(np.ascontiguousarray(rows["log_mel"])), \
+            torch.from_numpy(np.ascontiguousarray(rows["present"]))
+
+
+def model_inputs(
+    model: EmotionClassifier, index: ClipIndex, cache: ClipCache, positions: Sequence[int],
+    device: torch.device, view: Callable[[Tensor], Tensor],
+) -> tuple[Tensor | None, ...]:
+    """The arguments of ``model`` for the items at ``positions``: the frames (uint8 on
+    ``device``, through ``view``: the training or the evaluation view), none for an audio
+    model; then, for a model that reads audio, the log-mel and ``audio_present``."""
+    frames = None
+    if model.modality != "audio":
+        frames = view(index.frames(cache, positions).to(device, non_blocking=True))
+    if model.modality == "video":
+        return (frames,)
+    log_mel, present = index.audio(cache, positions)
+    return frames, log_mel.to(device, non_blocking=True), present.to(device)
 
 
 def _to_float(clips: Tensor) -> Tensor:
@@ -143,16 +177,65 @@ def augment(
 
 # --- the model ----------------------------------------------------------------------------------
 def initial_model(settings: RetrainSettings) -> EmotionClassifier:
-    """The model training starts from: ``init`` weights, Kinetics weights or random."""
+    """The model training starts from: ``init`` weights (`from_init`), Kinetics weights
+    (the SlowFast backbone of a video or audio-video model) or random, of the run's
+    ``modality``."""
     torch.manual_seed(settings.seed)
+    audio = settings.audio_spec()
     if settings.init:
         model, meta = load_deployment(read_model_file(settings.init, settings.storage_options))
-        log.info("fine-tuning %s (version %s)", settings.init, meta["model_version"])
-        return model.train()
+        log.info("fine-tuning %s (version %s, %s)", settings.init, meta["model_version"],
+                 meta["modality"])
+        return from_init(model, settings.init, settings.modality, audio,
+                         preset=settings.preset).train()
     if settings.pretrained:
         weights = read_model_file(settings.pretrained, settings.storage_options)
-        return build_model(settings.preset, pretrained=weights)
-    return build_model(settings.preset)
+        return build_model(settings.preset, modality=settings.modality, audio_spec=audio,
+                           pretrained=weights)
+    return build_model(settings.preset, modality=settings.modality, audio_spec=audio)
+
+
+def from_init(
+    init: EmotionClassifier, uri: str, modality: str, audio: AudioSpec | None, *,
+    preset: str = "r50",
+) -> EmotionClassifier:
+    """The model a run of ``modality`` (reading ``audio``) starts from when it fine-tunes
+    ``init`` (the deployment file at ``uri``).
+
+    A model of the run's modality is fine-tuned as it is. An audio-video run may also start
+    from a video model (its SlowFast backbone and width; the audio encoder new) or an audio
+    model (its audio encoder and no-audio embedding; the backbone new, of ``preset``); the
+    head is then new, since it reads both. Anything else, or a log-mel other than the run's,
+    is refused in one line (`ArchitectureMismatchError` naming ``uri``).
+    """
+    if init.modality != modality and (modality != "audio-video" or
+                                      init.modality == "audio-video"):
+        raise ArchitectureMismatchError(
+            uri, f"init is {_a(init.modality)} model; {_a(modality)} run fine-tunes "
+            f"{_a(modality)} model (an audio-video run may also start from a video or an audio "
+            "model)")
+    if init.audio_spec is not None and init.audio_spec != audio:
+        raise ArchitectureMismatchError(
+            uri, f"init reads the log-mel {init.audio_spec.to_metadata()}, this run "
+            f"{audio.to_metadata() if audio else None} (seconds follow clip_seconds)")
+    if init.modality == modality:
+        return init
+    if init.modality == "video":
+        arch = {k: v for k, v in init.config.items() if k != "modality_dropout"}
+        kept: tuple[str, ...] = ("backbone.",)
+    else:
+        arch, kept = dict(PRESETS[preset]), ("audio_encoder.", "no_audio")
+    fused = EmotionClassifier(**arch, modality="audio-video", audio_spec=audio)
+    fused.load_state_dict({k: v for k, v in init.state_dict().items() if k.startswith(kept)},
+                          strict=False)
+    log.info("audio-video model from %s: its %s carried over, the head new", uri,
+             "SlowFast backbone" if init.modality == "video" else "audio encoder")
+    return fused
+
+
+def _a(modality: str) -> str:
+    """``a video``, ``an audio``, ``an audio-video``."""
+    return ("an " if modality.startswith("a") else "a ") + modality
 
 
 def read_model_file(uri: str, storage_options: dict[str, Any] | None) -> io.BytesIO:
@@ -263,10 +346,11 @@ def evaluate_clips(
     with torch.inference_mode():
         for start in range(0, len(index.items), batch_size):
             positions = list(range(start, min(start + batch_size, len(index.items))))
-            clips, labels = index.batch(cache, positions)
-            clips, labels = clips.to(device), labels.to(device)
+            labels = index.labels(positions).to(device)
+            inputs = model_inputs(model, index, cache, positions, device,
+                                  lambda clips: eval_frames(clips, num_frames))
             with _autocast(device, autocast_dtype):
-                logits = model(eval_frames(clips, num_frames)).float()
+                logits = model(*inputs).float()
             loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
             probs = torch.softmax(logits, dim=-1).cpu().numpy()
             for p, row in zip(positions, probs, strict=True):
@@ -360,17 +444,18 @@ def _train(
         torch.manual_seed(settings.seed * 1_000_003 + epoch)  # dropout of this epoch
         generator = torch.Generator().manual_seed(settings.seed * 1_000_033 + epoch)
         order = torch.randperm(len(train_index.items), generator=generator).tolist()
+        view = partial(augment, num_frames=settings.num_frames, generator=generator,
+                       crop_scale=settings.crop_scale)
         model.train()
         t0 = time.perf_counter()
         loss_sum, correct, seen = 0.0, 0, 0
         for start in range(0, len(order), batch_size):
             lease.check()  # the heartbeat found the folder taken over: stop now
             positions = order[start : start + batch_size]
-            clips, labels = train_index.batch(cache, positions)
-            clips, labels = clips.to(device, non_blocking=True), labels.to(device)
-            x = augment(clips, settings.num_frames, generator, crop_scale=settings.crop_scale)
+            labels = train_index.labels(positions).to(device)
+            inputs = model_inputs(model, train_index, cache, positions, device, view)
             with _autocast(device, loop.autocast_dtype):
-                logits = model(x)
+                logits = model(*inputs)
                 loss = criterion(logits.float(), labels)
             loop.optimizer.zero_grad(set_to_none=True)
             if loop.scaler is not None:

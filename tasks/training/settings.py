@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from emotion_model.audio import AudioSpec
 from emotion_model.face_clips import CropSpec
 from tasks.common.settings import FlowSettings, check_uri
 from tasks.common.storage import join
@@ -35,6 +36,12 @@ class RetrainSettings(FlowSettings):
     )
     preset: Literal["r50", "small"] = Field(
         default="r50", description="r50 (the model card) or small (width 16, for CPUs)."
+    )
+    modality: Literal["video", "audio", "audio-video"] = Field(
+        default="video", description="What the model reads: video (the frames: the model "
+        "card's model), audio (each clip's log-mel: a small CNN, no SlowFast) or audio-video "
+        "(both, fused before the head, with modality dropout so it still predicts without "
+        "sound). Audio models keep RAVDESS's audio-video copies (modality 01)."
     )
     num_frames: int = Field(default=48, ge=4, le=256, description="Frames per clip (x4).")
     img_size: int = Field(default=112, ge=32, le=448, description="Frame height and width.")
@@ -124,12 +131,29 @@ class RetrainSettings(FlowSettings):
                              "not both")
         if self.pretrained and self.preset != "r50":
             raise ValueError("pretrained Kinetics weights fit the r50 preset only")
+        if self.pretrained and self.modality == "audio":
+            raise ValueError("pretrained Kinetics weights are for the SlowFast backbone, which "
+                             "an audio model does not have")
+        spec = self.audio_spec()
+        if spec is not None:
+            from emotion_model.audio_model import AUDIO_MIN_SIZE  # torch: audio models only
+        if spec is not None and spec.frames < AUDIO_MIN_SIZE:
+            raise ValueError(f"an {self.modality} model needs clip_seconds >= "
+                             f"{AUDIO_MIN_SIZE * spec.hop_length / spec.sample_rate:g} "
+                             f"({AUDIO_MIN_SIZE} log-mel frames), got {self.clip_seconds}")
         return self
 
     # -- derived -------------------------------------------------------------------------------
     def crop_spec(self) -> CropSpec:
         """The crop the model is trained with (and that its file records)."""
         return CropSpec.of(self.crop, detect_fps=self.detect_fps)
+
+    def audio_spec(self) -> AudioSpec | None:
+        """The log-mel an audio model is trained on (and that its file records): the default
+        `AudioSpec` over the clip window (``seconds = clip_seconds``); None for video."""
+        if self.modality == "video":
+            return None
+        return AudioSpec(seconds=self.clip_seconds)
 
     @property
     def cache_uri(self) -> str:
@@ -138,11 +162,13 @@ class RetrainSettings(FlowSettings):
 
     def run_key(self) -> str:
         """A stable key of what is trained (data, split, model, recipe): resume finds its
-        checkpoint by it, and a changed recipe never resumes from another's checkpoint."""
-        fields = self.model_dump(
-            exclude={"resume", "force", "min_val_accuracy", "device", "decode_threads",
-                     "storage_options", "cache", "checkpoint_dir", "registry"}
-        )
+        checkpoint by it, and a changed recipe never resumes from another's checkpoint. A video
+        model's key leaves ``modality`` out: it is the key the run had before audio models."""
+        exclude = {"resume", "force", "min_val_accuracy", "device", "decode_threads",
+                   "storage_options", "cache", "checkpoint_dir", "registry"}
+        if self.modality == "video":
+            exclude.add("modality")
+        fields = self.model_dump(exclude=exclude)
         text = json.dumps(fields, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -14,6 +15,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from emotion_model.audio import AudioSpec
 from emotion_model.checkpoint import load_deployment, save_deployment
 from emotion_model.face_clips import CropSpec
 from emotion_model.labels import EMOTION_LABELS
@@ -73,10 +75,11 @@ class Evaluation:
 
 def spec_of(settings: RetrainSettings, num_frames: int | None = None,
             img_size: int | None = None, crop: CropSpec | None = None) -> ClipSpec:
-    """The clip spec of the settings (or of another model's frames, size and crop)."""
+    """The clip spec of the settings (or of another model's frames, size and crop), with the
+    log-mel of the settings' modality (`RetrainSettings.audio_spec`)."""
     return ClipSpec(num_frames or settings.num_frames, img_size or settings.img_size,
                     settings.clip_seconds, settings.max_clips_per_video,
-                    crop or settings.crop_spec())
+                    crop or settings.crop_spec(), settings.audio_spec())
 
 
 def data_fingerprint(examples: list[Example]) -> str:
@@ -105,7 +108,8 @@ def prepare_data(settings: RetrainSettings) -> PreparedData:
     split (``check_split``: before decoding on the labels, after it on the clips), and decode
     each video into the clip cache."""
     logger = get_run_logger()
-    examples, report = collect_examples(settings.sources, settings.storage_options)
+    examples, report = collect_examples(settings.sources, settings.storage_options,
+                                        audio=settings.modality != "video")
     logger.info(
         "found %d labelled videos (%d listed; outside the six classes %s; %d names not "
         "parsed; %d duplicate RAVDESS copies dropped; %d manifest rows missing)",
@@ -126,6 +130,8 @@ def prepare_data(settings: RetrainSettings) -> PreparedData:
     logger.info("clip cache %s: %d decoded now, %d already cached, %d unreadable (%.1fs)",
                 settings.cache_uri, cache_report.decoded, cache_report.cached,
                 len(cache_report.corrupt), cache_report.decode_s)
+    if spec.audio is not None:
+        kept = _without_sound(settings, cache, kept, report)
     split = split_by_actor(kept, settings.val_fraction, settings.seed)
     logger.info("split by actor (seed %d): train %d videos of %d actors %s, validation %d "
                 "videos of %d actors %s", settings.seed, len(split.train),
@@ -137,6 +143,32 @@ def prepare_data(settings: RetrainSettings) -> PreparedData:
         logger.warning(warning)
     return PreparedData(split=split, report=report, cache=cache_report, spec=spec,
                         fingerprint=data_fingerprint(split.train))
+
+
+def _without_sound(settings: RetrainSettings, cache: ClipCache, kept: list[Example],
+                   report: DataReport) -> list[Example]:
+    """Count (in ``report``) the cached videos with no sound in any clip; an audio-only model
+    leaves them out (an audio-video one trains on their frames, with its no-audio embedding)."""
+    logger = get_run_logger()
+    silent = [e for e in kept if not cache.load_audio(e)["present"].any()]
+    report.no_audio = len(silent)
+    report.no_audio_examples = [e.uri for e in silent[:5]]
+    if not silent:
+        return kept
+    if settings.modality == "audio":
+        report.no_audio_left_out = len(silent)
+        gone = set(silent)
+        kept = [e for e in kept if e not in gone]
+        if not kept:
+            raise NoTrainingDataError(
+                f"none of the {len(silent)} videos has sound: an audio model has nothing to "
+                "learn from (RAVDESS: the audio-video files, modality 01, carry it; 02 do not)")
+    logger.warning("%d of %d videos have no sound (e.g. %s): %s", len(silent),
+                   len(kept) + report.no_audio_left_out, silent[0].uri,
+                   "left out of the audio model's training and validation"
+                   if settings.modality == "audio" else
+                   "the audio-video model sees their frames and its no-audio embedding")
+    return kept
 
 
 @task(name="train-model", cache_policy=NO_CACHE)
@@ -203,8 +235,9 @@ def champion_metrics(settings: RetrainSettings, data: PreparedData, champion: di
         model_file = io.BytesIO(read_bytes(model_uri, settings.storage_options))
         model_file.name = model_uri  # errors name it
         model, meta = load_deployment(model_file)
-        spec = spec_of(settings, int(meta["num_frames"]), int(meta["img_size"]),
-                       CropSpec.from_metadata(meta))
+        spec = dataclasses.replace(  # the clips and the sound that model reads
+            spec_of(settings, int(meta["num_frames"]), int(meta["img_size"]),
+                    CropSpec.from_metadata(meta)), audio=AudioSpec.from_metadata(meta["audio"]))
         champion_cache = ClipCache(settings.cache_uri, spec, settings.storage_options)
         kept, _ = build_cache(champion_cache, data.split.val, threads=settings.decode_threads)
         metrics, _ = _evaluate(model, kept, champion_cache, spec.num_frames, settings)

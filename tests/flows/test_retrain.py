@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +33,6 @@ RECIPE: dict[str, Any] = {
 """The small model at 16 frames of 64 px: about 3 s per epoch on 2 cores. The random resized
 crop is off: on 96 training clips it slows convergence (measured: 0.75 after 20 epochs with
 crop_scale 0.8, 0.92 without)."""
-
-
-@pytest.fixture(scope="module")
-def two_threads() -> Iterator[None]:
-    """Training uses both cores (the session runs torch on one)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(saved)
 
 
 @pytest.fixture(scope="module")
@@ -213,6 +203,7 @@ BAD_VALUES: list[tuple[str, Any]] = [
     ("cache", "  "),
     ("checkpoint_dir", "bad scheme://x"),
     ("preset", "r101"),
+    ("modality", "sound"),
     ("num_frames", 10),
     ("img_size", 8),
     ("clip_seconds", 0),

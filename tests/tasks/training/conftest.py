@@ -29,3 +29,15 @@ def two_layouts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copy(some, root / "ravdess" / "holiday_clip.mp4")  # no convention
     (root / "crema" / "1003_IEO_SAD_HI.mp4").write_bytes(b"\x00\x00\x00\x18ftypisom" * 5)
     return root
+
+
+@pytest.fixture(scope="session")
+def voiced(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three actors x 6 emotions with voices (CREMA-D names, 0.6 s, 48x48) and a fourth
+    actor's 6 videos without an audio stream (``1004_*``): 24 videos."""
+    root = tmp_path_factory.mktemp("voiced")
+    make_sample_dataset(root, actors=3, layout="crema-d", seconds=0.6, fps=10, size=(48, 48),
+                        audio=True)
+    make_sample_dataset(root, actors=1, first_actor=4, layout="crema-d", seconds=0.6, fps=10,
+                        size=(48, 48))
+    return root

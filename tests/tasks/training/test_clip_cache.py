@@ -1,16 +1,22 @@
-"""The clip cache: each video decoded once, keys, S3, the real clips."""
+"""The clip cache: each video decoded once, keys, S3, the real clips, the clips' sound."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from emotion_model.audio import AudioSpec
 from emotion_model.face_clips import CropSpec
 from tasks.training.clip_cache import (
     ClipCache,
     ClipSpec,
+    audio_dtype,
+    audio_entry,
     build_cache,
     cache_key,
     decode_training_clips,
@@ -91,8 +97,8 @@ def test_face_crops_follow_the_main_face_and_key_the_cache(tmp_path: Path,
     e = examples[0]
     assert cache_key(e, face) != cache_key(e, SPEC)
     assert cache_key(e, face) != cache_key(e, ClipSpec(8, 32, 4.0, 2, CropSpec.face(margin=0.5)))
-    clips = decode_training_clips(e, face)
-    whole = decode_training_clips(e, SPEC)
+    clips = decode_training_clips(e, face).frames
+    whole = decode_training_clips(e, SPEC).frames
     assert clips.shape == whole.shape == (1, 16, 32, 32, 3)
     assert not np.array_equal(clips, whole)
 
@@ -113,3 +119,56 @@ def test_a_training_video_without_a_face_is_left_out(tmp_path: Path, crema_d_dir
     ((uri, problem),) = report.corrupt
     assert uri.endswith("1002_DFA_HAP_XX.mp4") and problem.startswith("NoFaceError: ")
     assert problem.endswith("no face found")
+
+
+# --- the sound of each clip, for models that read audio ------------------------------------------
+VOICE = AudioSpec(seconds=1.0)
+AUDIO_SPEC = ClipSpec(num_frames=8, img_size=32, clip_seconds=1.0, max_clips=2, audio=VOICE)
+
+
+def test_audio_cache_keeps_each_clips_sound_beside_its_frames(voiced: Path,
+                                                              tmp_path: Path) -> None:
+    """One decoding pass gives the frames (the same as a frames-only cache's) and each clip's
+    log-mel with ``present``; a video without an audio stream is cached with silence, absent."""
+    examples, _ = collect_examples([str(voiced)])
+    cache = ClipCache(str(tmp_path / "cache"), AUDIO_SPEC)
+    kept, report = build_cache(cache, examples)
+    assert report.decoded == len(kept) == 24 and not report.corrupt
+    frames_only = ClipCache(str(tmp_path / "cache"), dataclasses.replace(AUDIO_SPEC, audio=None))
+    build_cache(frames_only, kept)
+    for e in kept:
+        sound = cache.load_audio(e)
+        assert sound.dtype == audio_dtype(VOICE) and sound.shape == (cache.count(e),)
+        assert sound["log_mel"].shape[1:] == VOICE.shape == (64, 100)
+        voiced_take = e.actor != "crema-d:1004"
+        assert sound["present"].all() if voiced_take else not sound["present"].any()
+        if voiced_take:
+            assert sound["log_mel"].std() > 1.0  # a voice, not the constant of silence
+        np.testing.assert_array_equal(cache.load(e), frames_only.load(e))
+    names = sorted(p.name for p in (tmp_path / "cache" / "clips").iterdir())
+    keys = [cache_key(e, AUDIO_SPEC) for e in kept]
+    assert names == sorted([*keys, *(audio_entry(k) for k in keys),
+                            *(cache_key(e, frames_only.spec) for e in kept)])
+
+    (tmp_path / "cache" / "clips" / audio_entry(keys[0])).unlink()  # cut short before the sound
+    _, again = build_cache(ClipCache(str(tmp_path / "cache"), AUDIO_SPEC), kept)
+    assert (again.decoded, again.cached) == (1, 23)
+
+
+def test_audio_cache_key_holds_the_audio_spec_and_code_version(
+    two_layouts: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A frames-only key is the key of before audio (existing caches stay valid); with audio
+    it changes with the log-mel's spec and with ``AUDIO_CODE_VERSION``."""
+    import tasks.training.clip_cache as clip_cache
+
+    e = collect_examples([str(two_layouts / "crema")])[0][0]
+    before = "|".join(str(v) for v in ("clips-v2", e.uri, e.etag, 8, 32, 4.0, 2, "frame"))
+    assert cache_key(e, SPEC) == hashlib.sha256(before.encode()).hexdigest()[:32] + ".npy"
+    with_audio = dataclasses.replace(SPEC, audio=AudioSpec())
+    keys = {cache_key(e, SPEC), cache_key(e, with_audio),
+            cache_key(e, dataclasses.replace(SPEC, audio=AudioSpec(n_mels=32))),
+            cache_key(e, dataclasses.replace(SPEC, audio=AudioSpec(seconds=2.0)))}
+    monkeypatch.setattr(clip_cache, "AUDIO_CODE_VERSION", clip_cache.AUDIO_CODE_VERSION + 1)
+    keys |= {cache_key(e, with_audio), cache_key(e, SPEC)}
+    assert len(keys) == 5  # the frames-only key ignores the audio code's version

@@ -55,3 +55,16 @@ def test_manifest_without_required_columns_is_one_line_error(tmp_path: Path) -> 
     manifest.write_text("path,emotion\na.mp4,happy\n")
     with pytest.raises(ValueError, match=r"lacks the column\(s\) \['actor', 'label', 'uri'\]"):
         collect_examples([str(manifest)])
+
+
+def test_a_model_that_reads_audio_keeps_the_ravdess_copy_with_sound(two_layouts: Path) -> None:
+    """RAVDESS modality 01 (audio-video) and 02 (video-only) of one performance: a video model
+    keeps 02 (as always), a model that reads audio the 01 copy; the same examples otherwise."""
+    video, _ = collect_examples([str(two_layouts / "ravdess")])
+    audio, report = collect_examples([str(two_layouts / "ravdess")], audio=True)
+    assert report.duplicates_removed == 1 and len(audio) == len(video) == 9
+    swapped = {e.uri for e in video} ^ {e.uri for e in audio}
+    assert sorted(Path(u).name[:3] for u in swapped) == ["01-", "02-"]
+    assert len({Path(u).name[3:] for u in swapped}) == 1  # the same performance
+    assert {e.uri for e in audio} - {e.uri for e in video} == {
+        u for u in swapped if Path(u).name.startswith("01-")}

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import pytest
 import torch
 
+from emotion_model.audio import AudioSpec
 from tasks.training.loop import augment, eval_frames, warmup_epochs
 from tasks.training.settings import RetrainSettings
 
@@ -60,8 +63,70 @@ def test_initial_model_from_init_and_from_kinetics(tmp_path: Path) -> None:
                                           pretrained=str(tmp_path / "SLOWFAST_8x8_R50.pyth")))
     state = model.state_dict()
     assert all(torch.equal(state[f"backbone.{k}"], v) for k, v in kinetics.items())
+    fused = initial_model(RetrainSettings(sources=["/d"], registry="/r", modality="audio-video",
+                                          pretrained=str(tmp_path / "SLOWFAST_8x8_R50.pyth")))
+    state = fused.state_dict()
+    assert fused.modality == "audio-video"
+    assert all(torch.equal(state[f"backbone.{k}"], v) for k, v in kinetics.items())
 
 
 def test_early_stopping_waits_for_the_warm_up() -> None:
     """Patience counts from the epoch after the one-cycle warm-up (30% of the epochs, up)."""
     assert [warmup_epochs(n) for n in (1, 2, 4, 10, 20, 60)] == [1, 1, 2, 3, 6, 18]
+
+
+def _donor(tmp_path: Path, modality: str, seconds: float = 4.0) -> tuple[str, dict[str, Any]]:
+    """A small deployment file of ``modality`` (log-mel of ``seconds``) and its weights."""
+    from emotion_model.audio import AudioSpec
+    from emotion_model.checkpoint import save_deployment
+    from emotion_model.model import build_model
+
+    torch.manual_seed(7)
+    donor = build_model("small", modality=modality,  # type: ignore[arg-type]
+                        audio_spec=None if modality == "video" else AudioSpec(seconds=seconds))
+    path = tmp_path / f"{modality}-{seconds}.safetensors"
+    save_deployment(donor, path, num_frames=16, img_size=64)
+    return str(path), donor.state_dict()
+
+
+def test_init_fine_tunes_its_modality_or_gives_a_fused_model_one_branch(tmp_path: Path) -> None:
+    from tasks.training.loop import initial_model
+
+    def run(modality: str, init: str, **extra: Any) -> RetrainSettings:
+        return RetrainSettings(sources=["/d"], registry="/r", preset="small", modality=modality,
+                               init=init, **extra)
+
+    fused_path, fused_state = _donor(tmp_path, "audio-video")
+    same = initial_model(run("audio-video", fused_path))
+    assert same.training and same.modality == "audio-video"
+    assert all(torch.equal(same.state_dict()[k], v) for k, v in fused_state.items())
+
+    for branch, kept in (("video", ("backbone.",)), ("audio", ("audio_encoder.", "no_audio"))):
+        path, state = _donor(tmp_path, branch)
+        model = initial_model(run("audio-video", path))
+        new = model.state_dict()
+        assert model.modality == "audio-video" and model.audio_spec == AudioSpec()
+        carried = [k for k in state if k.startswith(kept)]
+        assert carried and all(torch.equal(new[k], state[k]) for k in carried), branch
+        assert new["head.1.weight"].shape != state["head.1.weight"].shape  # a new head
+
+
+@pytest.mark.parametrize(("modality", "init", "seconds", "message"), [
+    ("video", "audio-video", 4.0, r"init is an audio-video model; a video run fine-tunes a "
+                                  r"video model \(an audio-video run may also start from"),
+    ("audio", "video", 4.0, r"init is a video model; an audio run fine-tunes an audio model"),
+    ("audio-video", "audio", 2.0, r"init reads the log-mel .*'seconds': 2.0.*, this run "
+                                  r".*'seconds': 4.0.* \(seconds follow clip_seconds\)"),
+])
+def test_an_init_it_cannot_start_from_is_refused_in_one_line(
+    tmp_path: Path, modality: str, init: str, seconds: float, message: str
+) -> None:
+    from emotion_model.errors import ArchitectureMismatchError
+    from tasks.training.loop import initial_model
+
+    path, _ = _donor(tmp_path, init, seconds)
+    settings = RetrainSettings(sources=["/d"], registry="/r", preset="small", modality=modality,
+                               init=path)
+    with pytest.raises(ArchitectureMismatchError, match=message) as refused:
+        initial_model(settings)
+    assert str(refused.value).startswith(f"{path}: ") and "\n" not in str(refused.value)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from prefect import flow
 
+from emotion_model.audio import AudioSpec
 from emotion_model.face_clips import FRAME_CROP, CropSpec
 from tasks.common import progress
 from tasks.errors import NoTrainingDataError
@@ -166,4 +167,36 @@ def test_prepare_data_refuses_fewer_training_clips_than_a_batch(
         update={"batch_size": 32})
     with pytest.raises(NoTrainingDataError, match=r"^24 training clips are fewer than one "
                                                   r"batch \(32\)"):
+        prepare_in_a_flow(settings)
+
+
+# --- models that read audio ----------------------------------------------------------------------
+@pytest.mark.parametrize("modality", ["audio", "audio-video"])
+def test_prepare_data_counts_the_videos_without_sound(
+    prefect_server: None, voiced: Path, tmp_path: Path, modality: str
+) -> None:
+    """Actor 1004's videos have no audio stream: counted for both; an audio-only model leaves
+    them out, an audio-video one trains on their frames (with its no-audio embedding)."""
+    settings = settings_for([str(voiced)], tmp_path / "registry").model_copy(
+        update={"modality": modality, "crop": "frame", "img_size": 32})
+    data = prepare_in_a_flow(settings)
+    assert data.spec.audio == AudioSpec(seconds=1.0)
+    report = data.report
+    assert report.no_audio == 6 and all("/1004_" in uri for uri in report.no_audio_examples)
+    actors = set(data.split.train_actors + data.split.val_actors)
+    if modality == "audio":
+        assert report.no_audio_left_out == 6 and "crema-d:1004" not in actors
+        assert len(data.split.train) + len(data.split.val) == 18
+    else:
+        assert report.no_audio_left_out == 0 and "crema-d:1004" in actors
+        assert len(data.split.train) + len(data.split.val) == 24
+    assert report.as_dict()["no_audio"] == 6
+
+
+def test_an_audio_model_without_any_sound_is_refused(prefect_server: None, faces: Path,
+                                                     tmp_path: Path) -> None:
+    settings = settings_for([str(faces)], tmp_path / "registry").model_copy(
+        update={"modality": "audio", "crop": "frame", "img_size": 32, "num_frames": 4})
+    with pytest.raises(NoTrainingDataError, match=r"^none of the 36 videos has sound: an audio "
+                                                  r"model has nothing to learn from \(RAVDESS: "):
         prepare_in_a_flow(settings)
