@@ -117,7 +117,7 @@ def test_init_fine_tunes_its_modality_or_gives_a_fused_model_one_branch(tmp_path
     ("audio", "video", 4.0, r"init is a video model; an audio run fine-tunes an audio model"),
     ("audio-video", "audio", 2.0, r"init reads the log-mel .*'seconds': 2.0.*, this run "
                                   r".*'seconds': 4.0.* \(seconds follow clip_seconds\)"),
-])
+], ids=["fused-init-video-run", "video-init-audio-run", "another-log-mel"])
 def test_an_init_it_cannot_start_from_is_refused_in_one_line(
     tmp_path: Path, modality: str, init: str, seconds: float, message: str
 ) -> None:
