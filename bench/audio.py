@@ -31,8 +31,8 @@ H.264 + AAC 16 kHz mono, 3.5 s) and RAVDESS-like 1280x720 H.264 videos with a 48
 AAC track (3.5 s; RAVDESS' audio-video files carry 48 kHz stereo). Every video is shorter than
 a 4 s window, so it gives one clip, as RAVDESS and CREMA-D do.
 
-    python bench/audio.py --quick              # fewer videos and repeats (~1.5 min on 2 cores)
-    python bench/audio.py --json audio.json    # the full run (~4-5 min on 2 cores)
+    python bench/audio.py --quick              # fewer videos and repeats (~45 s on 2 cores, quiet)
+    python bench/audio.py --json audio.json    # the full run (~1.7 min quiet; 3-6 min shared)
     python bench/audio.py --crop frame --models small
 """
 
