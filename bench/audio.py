@@ -57,6 +57,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 REAL_CLIPS = ROOT / "tests" / "data" / "crema_d"
 
+from tuning import alternate, load  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 T, SIZE, CLIP_SECONDS = 48, 112, 4.0  # the deployment defaults (checkpoint.DEFAULT_*)
 GROUPS = ("crema-d", "sample-360p", "720p")
 GROUP_NOTES = {
@@ -67,11 +69,6 @@ GROUP_NOTES = {
 
 
 # --- helpers ------------------------------------------------------------------------------------
-def load() -> float:
-    """1-minute load average of the machine."""
-    return round(os.getloadavg()[0], 2)
-
-
 def cpu_name() -> str:
     """The CPU's model name (Linux), else the platform's machine type."""
     try:
@@ -91,18 +88,6 @@ def med(values: list[float]) -> float:
 def median_ratio(num: list[float], den: list[float]) -> float:
     """Median over repeats of ``num / den`` (paired by repeat)."""
     return statistics.median(n / d for n, d in zip(num, den, strict=True))
-
-
-def alternate(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
-    """Seconds of each callable per repeat; the order flips every repeat (A B C, C B A, ...)."""
-    names = list(fns)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(repeats):
-        for name in names if r % 2 == 0 else names[::-1]:
-            t0 = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - t0)
-    return times
 
 
 # --- inputs -------------------------------------------------------------------------------------
