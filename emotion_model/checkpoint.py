@@ -51,7 +51,8 @@ DEFAULT_IMG_SIZE = 112
 DEPLOYMENT_FORMAT = "emotion-pipeline/deployment"
 TRAINING_FORMAT = "emotion-pipeline/training"
 FORMAT_VERSION = 1
-_ARCH_KEYS = ("num_classes", "hidden_size", "dropout", "use_se", "width", "modality_dropout")
+_ARCH_KEYS = ("num_classes", "hidden_size", "dropout", "use_se", "width", "modality_dropout",
+              "backbone", "sampled_frames")
 _RESERVED = ("modality", "audio")
 """Metadata keys that come from the model, never from ``save_deployment``'s extra keywords."""
 

@@ -39,6 +39,7 @@ with warnings.catch_warnings():  # fvcore / pytorchvideo import torch.jit.script
     from fvcore.nn.squeeze_excitation import SqueezeExcitation
     from pytorchvideo.models.resnet import create_bottleneck_block
     from pytorchvideo.models.slowfast import create_slowfast
+    from pytorchvideo.models.x3d import create_x3d
 
 from emotion_model.audio import AudioSpec
 from emotion_model.audio_model import AUDIO_MIN_SIZE, AudioEncoder
@@ -53,10 +54,18 @@ SLOWFAST_ALPHA = 4
 R50_WIDTH = 64
 """Channels of the slow pathway's stem in SlowFast-R50; every stage scales with it."""
 
+Backbone = Literal["slowfast", "x3d-xs"]
+BACKBONES: tuple[str, ...] = get_args(Backbone)
+X3D_FRAMES = 4
+"""Frames of each clip the X3D-XS student reads (X3D-XS's own clip length), evenly spaced."""
+
 PRESETS: dict[str, dict[str, Any]] = {
     "r50": {"width": R50_WIDTH},
     # Same code path, a quarter of the channels: 1/13.5 of the FLOPs, 1/15 of the parameters.
     "small": {"width": 16},
+    # The distillation student: X3D-XS over 4 of the clip's frames (bench/distill.py: int8
+    # ONNX 24x R50's clips/s on a 2-core CPU; the width-8 SlowFast only 6x, see README).
+    "student": {"backbone": "x3d-xs", "sampled_frames": X3D_FRAMES},
 }
 """Named architecture variants; ``EmotionClassifier(**PRESETS["small"])`` is the test model."""
 
@@ -112,6 +121,18 @@ def create_emotion_backbone(
     )
 
 
+def create_x3d_xs_backbone(*, sampled_frames: int = X3D_FRAMES, use_se: bool = True
+                           ) -> tuple[nn.Module, int]:
+    """pytorchvideo's X3D-XS (depth 2.2, width 2.0) without its head, pooled to one vector:
+    input ``[B, 3, sampled_frames, H, W]``, output ``[B, F, 1, 1, 1]``; returns it and F (192).
+    """
+    x3d = create_x3d(input_clip_length=sampled_frames, input_crop_size=112, width_factor=2.0,
+                     depth_factor=2.2, se_ratio=0.0625 if use_se else 0.0, model_num_class=2)
+    stages = list(x3d.blocks)[:-1]  # stem + 4 stages; the Kinetics head is replaced
+    features = int(stages[-1].res_blocks[-1].branch2.conv_c.out_channels)
+    return nn.Sequential(*stages, nn.AdaptiveAvgPool3d(1)), features
+
+
 class EmotionClassifier(nn.Module):
     """SlowFast-R50 + SE and/or an audio encoder, then an MLP head; ``forward`` -> logits.
 
@@ -130,6 +151,10 @@ class EmotionClassifier(nn.Module):
             models only.
         modality_dropout: audio models, training only: the probability that a clip's audio
             embedding is replaced by the learned no-audio embedding (0.3).
+        backbone: ``"slowfast"`` (default: the model card's) or ``"x3d-xs"`` (the distillation
+            student: pytorchvideo's X3D-XS over ``sampled_frames`` of the clip's frames, evenly
+            spaced; same input contract, ``width`` unused).
+        sampled_frames: X3D-XS only: frames of each clip it reads (4).
 
     T must be a multiple of 4 (the slow pathway takes every 4th frame); H = W of 112 or 224
     (any size >= 32 works: pooling adapts). Audio: at least 16 mel bands and 16 frames.
@@ -147,8 +172,16 @@ class EmotionClassifier(nn.Module):
         modality: Modality = "video",
         audio_spec: AudioSpec | None = None,
         modality_dropout: float = DEFAULT_MODALITY_DROPOUT,
+        backbone: Backbone = "slowfast",
+        sampled_frames: int = X3D_FRAMES,
     ) -> None:
         super().__init__()
+        if backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
+        if backbone != "slowfast" and pretrained:
+            raise ValueError("Kinetics weights are for the SlowFast backbone, not X3D-XS")
+        if not 1 <= sampled_frames <= 64:
+            raise ValueError(f"sampled_frames must be in [1, 64], got {sampled_frames}")
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         if not 0.0 <= dropout < 1.0:
@@ -169,9 +202,18 @@ class EmotionClassifier(nn.Module):
             "width": width,
         }
         """The architecture as a deployment file records it (``modality`` and ``audio`` sit
-        beside it); a video model's has exactly these five keys."""
+        beside it); a SlowFast video model's has exactly these five keys, an X3D-XS one
+        ``backbone`` and ``sampled_frames`` in place of ``width``."""
+        self.backbone_name: Backbone = backbone
         features = 0
-        if modality != "audio":
+        if backbone == "x3d-xs":
+            del self.config["width"]
+            self.config.update(backbone=backbone, sampled_frames=int(sampled_frames))
+        if modality != "audio" and backbone == "x3d-xs":
+            self.backbone, x3d_features = create_x3d_xs_backbone(
+                sampled_frames=sampled_frames, use_se=use_se)
+            features += x3d_features
+        elif modality != "audio":
             self.backbone = create_emotion_backbone(width=width, use_se=use_se)
             features += 32 * width + 4 * width  # slow stage-4 channels + fast stage-4 channels
         if modality != "video":
@@ -240,11 +282,23 @@ class EmotionClassifier(nn.Module):
         """``[B, T, C, H, W]`` -> pooled SlowFast features ``[B, F, 1, 1, 1]``."""
         if x.ndim != 5:
             raise ValueError(f"expected input [B, T, C, H, W], got shape {tuple(x.shape)}")
+        if self.backbone_name == "x3d-xs":
+            return self.backbone(x.permute(0, 2, 1, 3, 4)[:, :, self._sampled(x.shape[1])])
         if x.shape[1] % SLOWFAST_ALPHA:
             raise ValueError(f"T must be a multiple of {SLOWFAST_ALPHA}, got T={x.shape[1]}")
         fast = x.permute(0, 2, 1, 3, 4)  # the one permute: [B, T, C, H, W] -> [B, C, T, H, W]
         slow = fast[:, :, ::SLOWFAST_ALPHA]  # temporal subsampling, [B, C, T/alpha, H, W]
         return self.backbone([slow, fast])
+
+    def _sampled(self, t: int) -> slice:
+        """The X3D student's frames of a ``t``-frame clip: ``sampled_frames`` evenly spaced,
+        each the middle of its share (a slice, so the export stays one strided Slice)."""
+        want = int(self.config["sampled_frames"])
+        if t < want or t % want:
+            raise ValueError(f"X3D-XS reads {want} evenly spaced frames: T must be a multiple "
+                             f"of {want}, got T={t}")
+        step = t // want
+        return slice(step // 2, t, step)
 
     def _audio_embedding(
         self, frames: Tensor | None, audio: Tensor | None, present: Tensor | None
@@ -284,7 +338,7 @@ class EmotionClassifier(nn.Module):
 
 
 def build_model(
-    preset: Literal["r50", "small"] | None = None,
+    preset: Literal["r50", "small", "student"] | None = None,
     *,
     modality: Modality = "video",
     audio_spec: AudioSpec | None = None,
