@@ -2,8 +2,9 @@
 convention (0 done, 1 the run failed, 2 a bad parameter or input).
 
 Subcommands: ``cli/model.py`` (predict, export, new-model, make-sample-data), ``cli/run.py``
-(run), ``cli/demo.py`` (demo), ``cli/train.py`` (train), ``cli/ops.py`` (pools, doctor),
-``cli/reports.py`` (report, timeline), ``cli/annotate.py`` (annotate). Heavy imports (torch,
+(run), ``cli/demo.py`` (demo), ``cli/train.py`` (train), ``cli/distill.py`` (distill),
+``cli/ops.py`` (pools, doctor), ``cli/reports.py`` (report, timeline), ``cli/annotate.py``
+(annotate). Heavy imports (torch,
 Prefect) happen inside each subcommand, so ``--help`` is instant.
 """
 
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 
 from rich.console import Console
 
-from cli import annotate, demo, model, ops, reports, run, train
+from cli import annotate, demo, distill, model, ops, reports, run, train
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, soft_wrap=True)
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.register(sub)
     demo.register(sub)
     train.register(sub)
+    distill.register(sub)
     ops.register(sub)  # pools, doctor
     reports.register(sub)  # report, timeline
     return parser

@@ -92,6 +92,8 @@ def add_settings_arguments(
         annotation = _without_none(field.annotation)
         if name in positional:
             kind = _kind(annotation)
+            if not field.is_required() and kind.get("nargs") == "+":
+                kind["nargs"] = "*"  # an optional list: none given is the default
             parser.add_argument(name, help=_help(field), **kind)
             continue
         flag = "--" + name.replace("_", "-")

@@ -28,6 +28,18 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
 def run_retrain(params: dict[str, Any], *, show_progress: bool = True) -> dict[str, Any]:
     """Run ``retrain`` in this process with progress bars; returns its summary."""
     from flows.retrain import retrain
+
+    return run_with_progress(retrain, params, show_progress=show_progress)
+
+
+STAGES = {"cache": "clip cache", "teacher": "teacher outputs", "train": "epochs"}
+"""The progress bars a training flow's stages get (``tasks.common.progress`` events)."""
+
+
+def run_with_progress(flow: Any, params: dict[str, Any], *, show_progress: bool = True
+                      ) -> dict[str, Any]:
+    """Run a training flow (``retrain``, ``distill``) in this process with a progress bar per
+    stage (clip cache, teacher outputs, epochs); returns its summary."""
     from tasks.common import progress
 
     bar = Progress(
@@ -36,24 +48,33 @@ def run_retrain(params: dict[str, Any], *, show_progress: bool = True) -> dict[s
         console=err, disable=not show_progress,
     )
     tasks: dict[str, Any] = {}
+    score = "agreement" if getattr(flow, "name", "") == "distill" else "val acc"
 
     def on_event(event: str, data: dict[str, Any]) -> None:
         if event == "stage":
-            name = "clip cache" if data["name"] == "cache" else "epochs"
+            name = STAGES.get(data["name"], data["name"])
             tasks[data["name"]] = bar.add_task(name, total=data["total"], note="")
-        elif event == "cache" and "cache" in tasks:
-            bar.update(tasks["cache"], completed=data["done"])
+        elif event in ("cache", "teacher") and event in tasks:
+            bar.update(tasks[event], completed=data["done"])
         elif event == "epoch" and "train" in tasks:
             bar.update(tasks["train"], completed=data["epoch"], total=data["epochs"],
-                       note=f"loss {data['train_loss']:.3f}, val acc {data['val_accuracy']:.3f}"
+                       note=f"loss {data['train_loss']:.3f}, {score} {data['val_accuracy']:.3f}"
                        f", {data['seconds']:.1f}s/epoch")
 
     unsubscribe = progress.subscribe(on_event)
     try:
         with bar:
-            return retrain(**params)
+            return flow(**params)
     finally:
         unsubscribe()
+
+
+def check_local_sources(sources: list[str]) -> None:
+    """Refuse, in one line, a local source folder or file that does not exist."""
+    for source in sources:
+        local = local_path(source)
+        if local is not None and not os.path.exists(local):
+            raise SourceNotFoundError(source, "source not found (no such file or folder)")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -61,10 +82,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     quiet_prefect(args.verbose)
     params = _params(args)
     settings = RetrainSettings.from_parameters(**params)  # a bad one fails here, in one line
-    for source in settings.sources:
-        local = local_path(source)
-        if local is not None and not os.path.exists(local):
-            raise SourceNotFoundError(source, "source not found (no such file or folder)")
+    check_local_sources(settings.sources)
     summary = run_retrain(params, show_progress=not args.no_progress)
     m = summary["metrics"]
     console.print(

@@ -144,6 +144,7 @@ def test_nothing_in_the_packages_imports_the_tests() -> None:
 @pytest.mark.parametrize(("flow_path", "settings_path"), [
     ("flows.batch_inference:batch_inference", "tasks.batch.settings:BatchSettings"),
     ("flows.retrain:retrain", "tasks.training.settings:RetrainSettings"),
+    ("flows.distill:distill", "tasks.training.distill_settings:DistillSettings"),
 ])
 def test_each_flow_signature_is_its_settings_model(flow_path: str, settings_path: str) -> None:
     """Parameters are declared once, as settings fields: the flow's signature must name the

@@ -180,3 +180,43 @@ def _keep(
         if current[0] <= rank:
             return
     by_key[key] = (rank, example)
+
+
+UNLABELLED_DATASET = "unlabelled"
+"""``Example.dataset`` of an unlabelled video whose name gives no actor."""
+
+
+def collect_unlabelled(
+    sources: Sequence[str], storage_options: Mapping[str, Any] | None = None, *,
+    audio: bool = False,
+) -> tuple[list[Example], DataReport]:
+    """Every video under ``sources`` (folders or prefixes) as an unlabelled `Example` (label
+    ``""``: a teacher labels it), deduplicated.
+
+    The actor comes from a RAVDESS or CREMA-D name where it parses (so a split by actor holds
+    out whole actors); any other video is its own group (actor ``video:<uri>``, dataset
+    `UNLABELLED_DATASET`: split by video). Labels in names are ignored. RAVDESS's two copies
+    of a performance keep one, as in `collect_examples`.
+    """
+    report = DataReport()
+    by_key: dict[str, tuple[str, Example]] = {}
+    for source in sources:
+        if is_manifest(source):
+            raise ManifestError(source, "unlabelled sources are folders or prefixes of videos; "
+                                "give a manifest as a labelled source")
+        for video in list_videos(source, storage_options).videos:
+            report.listed += 1
+            parsed = parse_name(video.uri)
+            if parsed is None:
+                example = Example(video.uri, video.etag, video.size, "", f"video:{video.uri}",
+                                  UNLABELLED_DATASET)
+                _keep(by_key, f"uri:{video.uri}", "", example, report)
+                continue
+            example = Example(video.uri, video.etag, video.size, "",
+                              f"{parsed.dataset}:{parsed.actor}", parsed.dataset)
+            rank = "0" if os.path.basename(video.uri).startswith("01-" if audio else "02-") \
+                else "1"
+            _keep(by_key, parsed.performance, rank + video.uri, example, report)
+    examples = sorted((e for _, e in by_key.values()), key=lambda e: e.uri)
+    report.used = len(examples)
+    return examples, report

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -63,6 +63,8 @@ TEMPORAL_SPAN = 0.8
 """Temporal jitter: the sampled span covers at least this share of the clip (expressions
 build up over a clip, so a short span at its start would show a neutral face)."""
 LABEL_INDEX = {label: i for i, label in enumerate(EMOTION_LABELS)}
+UNLABELLED = -1
+"""The label index of a clip without a label (distillation's unlabelled videos)."""
 WARMUP_PCT = 0.3
 """OneCycleLR's warm-up: the learning rate rises to its peak over this share of the steps."""
 
@@ -77,10 +79,12 @@ def warmup_epochs(epochs: int) -> int:
 # --- data in batches ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ClipIndex:
-    """Every cached clip of some examples: ``(example position, clip position)`` pairs."""
+    """Every cached clip of some examples: ``(example position, clip position)`` pairs, and
+    (distillation) the teacher's logits of each item, ``[len(items), num_classes]``."""
 
     examples: Sequence[Example]
     items: list[tuple[int, int]]
+    teacher: np.ndarray | None = None
 
     @classmethod
     def build(cls, examples: Sequence[Example], cache: ClipCache) -> ClipIndex:
@@ -95,9 +99,16 @@ class ClipIndex:
         return torch.from_numpy(np.stack(clips))
 
     def labels(self, positions: Sequence[int]) -> Tensor:
-        """int64 ``[B]`` label indices of the items at ``positions``."""
-        return torch.tensor([LABEL_INDEX[self.examples[self.items[p][0]].label]
+        """int64 ``[B]`` label indices of the items at ``positions``; ``-1`` (`UNLABELLED`)
+        for an unlabelled example (distillation)."""
+        return torch.tensor([LABEL_INDEX.get(self.examples[self.items[p][0]].label, UNLABELLED)
                              for p in positions], dtype=torch.int64)
+
+    def teacher_logits(self, positions: Sequence[int]) -> Tensor:
+        """float32 ``[B, num_classes]``: the teacher's logits of the items at ``positions``."""
+        if self.teacher is None:
+            raise ValueError("this clip index holds no teacher outputs")
+        return torch.from_numpy(np.ascontiguousarray(self.teacher[list(positions)]))
 
     def audio(self, cache: ClipCache, positions: Sequence[int]) -> tuple[Tensor, Tensor]:
         """float32 log-mel ``[B, n_mels, frames]`` and bool ``audio_present`` ``[B]`` of the
@@ -258,6 +269,67 @@ def default_batch_size(device: torch.device) -> int:
     return 16 if device.type == "cuda" else 8
 
 
+# --- what is learned ------------------------------------------------------------------------------
+class TrainingRecipe(Protocol):
+    """The settings ``train`` reads (`RetrainSettings`, `DistillSettings`)."""
+
+    device: str
+    batch_size: int | None
+    seed: int
+    epochs: int
+    patience: int
+    lr: float
+    weight_decay: float
+    crop_scale: float
+    grad_clip: float | None
+    resume: bool
+    storage_options: dict[str, Any] | None
+
+    @property
+    def checkpoint_uri(self) -> str: ...
+
+    def run_key(self) -> str: ...
+
+
+class Objective(Protocol):
+    """What training minimises and what validation maximises (early stopping)."""
+
+    score_name: str
+    """What `score` measures (``val_accuracy``, ``agreement``), for the logs."""
+
+    def loss(self, logits: Tensor, index: ClipIndex, positions: Sequence[int]) -> Tensor:
+        """The mean loss of a batch: ``logits`` of the items at ``positions`` of ``index``."""
+        ...
+
+    def hits(self, logits: Tensor, index: ClipIndex, positions: Sequence[int]) -> int:
+        """How many of the batch's items are right (the training accuracy's numerator)."""
+        ...
+
+    def score(self, probs: np.ndarray, index: ClipIndex) -> float:
+        """Validation: higher is better. ``probs`` ``[len(index.examples), C]`` are the mean
+        of each example's clip probabilities."""
+        ...
+
+
+@dataclass(frozen=True)
+class Supervised:
+    """The model card's objective: cross-entropy with label smoothing on the labels; validation
+    accuracy per video."""
+
+    label_smoothing: float = 0.05
+    score_name: str = "val_accuracy"
+
+    def loss(self, logits: Tensor, index: ClipIndex, positions: Sequence[int]) -> Tensor:
+        labels = index.labels(positions).to(logits.device)
+        return F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+
+    def hits(self, logits: Tensor, index: ClipIndex, positions: Sequence[int]) -> int:
+        return int((logits.argmax(1).cpu() == index.labels(positions)).sum())
+
+    def score(self, probs: np.ndarray, index: ClipIndex) -> float:
+        return _accuracy(probs, index.examples)
+
+
 # --- training -----------------------------------------------------------------------------------
 @dataclass
 class EpochStats:
@@ -299,7 +371,7 @@ class _Loop:
     autocast_dtype: torch.dtype | None
 
 
-def _make_loop(settings: RetrainSettings, model: EmotionClassifier, device: torch.device,
+def _make_loop(settings: TrainingRecipe, model: EmotionClassifier, device: torch.device,
                steps_per_epoch: int) -> _Loop:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -337,8 +409,10 @@ def _exists(uri: str, storage_options: Any) -> bool:
 def evaluate_clips(
     model: EmotionClassifier, index: ClipIndex, cache: ClipCache, *, num_frames: int,
     batch_size: int, device: torch.device, autocast_dtype: torch.dtype | None = None,
+    objective: Objective | None = None,
 ) -> tuple[np.ndarray, float]:
-    """Per-example probabilities (mean over its clips) ``[N, 6]`` and the mean clip loss."""
+    """Per-example probabilities (mean over its clips) ``[N, 6]`` and the mean clip loss (the
+    ``objective``'s; default: cross-entropy on the labels)."""
     model.eval()
     sums = np.zeros((len(index.examples), len(EMOTION_LABELS)), np.float64)
     counts = np.zeros(len(index.examples), np.int64)
@@ -346,12 +420,15 @@ def evaluate_clips(
     with torch.inference_mode():
         for start in range(0, len(index.items), batch_size):
             positions = list(range(start, min(start + batch_size, len(index.items))))
-            labels = index.labels(positions).to(device)
             inputs = model_inputs(model, index, cache, positions, device,
                                   lambda clips: eval_frames(clips, num_frames))
             with _autocast(device, autocast_dtype):
                 logits = model(*inputs).float()
-            loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
+            if objective is None:
+                labels = index.labels(positions).to(device)
+                loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
+            else:
+                loss_sum += float(objective.loss(logits, index, positions)) * len(positions)
             probs = torch.softmax(logits, dim=-1).cpu().numpy()
             for p, row in zip(positions, probs, strict=True):
                 e = index.items[p][0]
@@ -367,14 +444,21 @@ def _accuracy(probs: np.ndarray, examples: Sequence[Example]) -> float:
 
 
 def train(
-    settings: RetrainSettings,
-    train_examples: Sequence[Example],
-    val_examples: Sequence[Example],
+    settings: TrainingRecipe,
+    train_examples: Sequence[Example] | ClipIndex,
+    val_examples: Sequence[Example] | ClipIndex,
     cache: ClipCache,
     *,
     on_epoch: Callable[[EpochStats, int], None] | None = None,
+    model: EmotionClassifier | None = None,
+    objective: Objective | None = None,
 ) -> TrainResult:
-    """Train on ``train_examples``, early-stop on ``val_examples``; both must be cached.
+    """Train on ``train_examples``, early-stop on ``val_examples``; both must be cached (or
+    given as `ClipIndex`es over the cache, e.g. holding the teacher's outputs).
+
+    ``model``: the model to train (default `initial_model(settings)`, which needs
+    `RetrainSettings`); ``objective``: the loss and the validation score (default
+    `Supervised` with the settings' label smoothing: the model card's recipe).
 
     Writes ``last.pt`` (everything needed to resume) every epoch and ``best.pt`` when the
     validation accuracy improves, under ``settings.checkpoint_uri``. With ``settings.resume``
@@ -386,29 +470,40 @@ def train(
     of the same run key refuses with ``CheckpointInUseError`` naming the holder, and this one
     stops with it should its lease be taken over.
     """
-    if not train_examples or not val_examples:
+    train_index = train_examples if isinstance(train_examples, ClipIndex) \
+        else ClipIndex.build(train_examples, cache)
+    val_index = val_examples if isinstance(val_examples, ClipIndex) \
+        else ClipIndex.build(val_examples, cache)
+    if not train_index.examples or not val_index.examples:
         raise NoTrainingDataError(f"training needs examples on both sides of the split; got "
-                         f"{len(train_examples)} train and {len(val_examples)} validation")
+                         f"{len(train_index.examples)} train and {len(val_index.examples)} "
+                         "validation")
+    if objective is None:
+        objective = Supervised(getattr(settings, "label_smoothing", 0.0))
     with CheckpointLease(settings.checkpoint_uri, run_key=settings.run_key(),
                          storage_options=settings.storage_options) as lease:
-        return _train(settings, train_examples, val_examples, cache, lease, on_epoch)
+        if model is None:
+            model = initial_model(settings)  # type: ignore[arg-type]
+        return _train(settings, train_index, val_index, cache, lease, on_epoch, model,
+                      objective)
 
 
 def _train(
-    settings: RetrainSettings,
-    train_examples: Sequence[Example],
-    val_examples: Sequence[Example],
+    settings: TrainingRecipe,
+    train_index: ClipIndex,
+    val_index: ClipIndex,
     cache: ClipCache,
     lease: CheckpointLease,
     on_epoch: Callable[[EpochStats, int], None] | None,
+    model: EmotionClassifier,
+    objective: Objective,
 ) -> TrainResult:
     """``train``'s work, done while ``lease`` is held."""
     device = resolve_device(settings.device)
     batch_size = settings.batch_size or default_batch_size(device)
-    train_index = ClipIndex.build(train_examples, cache)
-    val_index = ClipIndex.build(val_examples, cache)
+    num_frames, img_size = cache.spec.num_frames, cache.spec.img_size
     steps = math.ceil(len(train_index.items) / batch_size)
-    model = initial_model(settings).to(device)
+    model = model.to(device)
     loop = _make_loop(settings, model, device, steps)
     ckpt_dir = settings.checkpoint_uri
     last_uri, best_uri = join(ckpt_dir, CHECKPOINT_NAME), join(ckpt_dir, BEST_NAME)
@@ -435,7 +530,6 @@ def _train(
     elif settings.resume:
         log.info("resume: no checkpoint at %s; starting from epoch 1", last_uri)
 
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
     warmup = warmup_epochs(settings.epochs)
     epoch = start_epoch - 1
     for epoch in range(start_epoch, settings.epochs + 1):
@@ -444,7 +538,7 @@ def _train(
         torch.manual_seed(settings.seed * 1_000_003 + epoch)  # dropout of this epoch
         generator = torch.Generator().manual_seed(settings.seed * 1_000_033 + epoch)
         order = torch.randperm(len(train_index.items), generator=generator).tolist()
-        view = partial(augment, num_frames=settings.num_frames, generator=generator,
+        view = partial(augment, num_frames=num_frames, generator=generator,
                        crop_scale=settings.crop_scale)
         model.train()
         t0 = time.perf_counter()
@@ -452,11 +546,10 @@ def _train(
         for start in range(0, len(order), batch_size):
             lease.check()  # the heartbeat found the folder taken over: stop now
             positions = order[start : start + batch_size]
-            labels = train_index.labels(positions).to(device)
             inputs = model_inputs(model, train_index, cache, positions, device, view)
             with _autocast(device, loop.autocast_dtype):
                 logits = model(*inputs)
-                loss = criterion(logits.float(), labels)
+                loss = objective.loss(logits.float(), train_index, positions)
             loop.optimizer.zero_grad(set_to_none=True)
             if loop.scaler is not None:
                 loop.scaler.scale(loss).backward()
@@ -472,15 +565,16 @@ def _train(
                 loop.optimizer.step()
             loop.scheduler.step()
             loss_sum += float(loss.detach()) * len(positions)
-            correct += int((logits.argmax(1) == labels).sum())
+            correct += objective.hits(logits.detach(), train_index, positions)
             seen += len(positions)
         train_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         probs, val_loss = evaluate_clips(
-            model, val_index, cache, num_frames=settings.num_frames, batch_size=batch_size,
+            model, val_index, cache, num_frames=num_frames, batch_size=batch_size,
             device=device, autocast_dtype=loop.autocast_dtype,
+            objective=None if isinstance(objective, Supervised) else objective,  # plain CE
         )
-        val_acc = _accuracy(probs, val_examples)
+        val_acc = objective.score(probs, val_index)
         stats = EpochStats(
             epoch=epoch, train_loss=loss_sum / max(1, seen), train_accuracy=correct / max(1, seen),
             val_loss=val_loss, val_accuracy=val_acc, lr=loop.scheduler.get_last_lr()[0],
@@ -490,8 +584,8 @@ def _train(
         lease.renew()  # before writing: a training whose lease was taken over writes nothing
         if val_acc > best_acc + 1e-9:
             best_acc, best_epoch, bad_epochs = val_acc, epoch, 0
-            save_deployment(model, best_uri, num_frames=settings.num_frames,
-                            img_size=settings.img_size, epoch=epoch,
+            save_deployment(model, best_uri, num_frames=num_frames,
+                            img_size=img_size, epoch=epoch,
                             crop=cache.spec.crop.to_metadata())
         elif epoch > warmup:
             bad_epochs += 1
@@ -502,9 +596,9 @@ def _train(
             extra={"history": history, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
                    "finished": finished, "run_key": settings.run_key()},
         )
-        log.info("epoch %d/%d: train loss %.4f acc %.3f, val loss %.4f acc %.3f (%.1fs + %.1fs)",
+        log.info("epoch %d/%d: train loss %.4f acc %.3f, val loss %.4f %s %.3f (%.1fs + %.1fs)",
                  epoch, settings.epochs, stats.train_loss, stats.train_accuracy, val_loss,
-                 val_acc, stats.train_s, stats.val_s)
+                 objective.score_name, val_acc, stats.train_s, stats.val_s)
         if on_epoch is not None:
             on_epoch(stats, settings.epochs)
         if finished:
