@@ -12,7 +12,7 @@ import sys
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cli.model import PREDICT_FIELDS, print_notes
+from cli.model import MODEL_HELP, PREDICT_FIELDS, print_notes
 from cli.settings_args import add_settings_arguments, parameters_from_args
 from tasks.batch.settings import BatchSettings
 
@@ -35,14 +35,14 @@ BUFFER_HELP = (
 
 def _cmd_annotate(args: argparse.Namespace) -> int:
     from emotion_model.annotate import annotate_video
-    from emotion_model.predict import Predictor
+    from emotion_model.onnx_runtime import open_predictor
 
     # the batch flow's own validation and defaults for the flags predict shares with it
     given = parameters_from_args(BatchSettings, args, only=PREDICT_FIELDS)
     settings = BatchSettings.from_parameters(source=args.video, model=args.model, **given)
     if args.max_buffer_mb < 0:
         raise ValueError(f"--max-buffer-mb must be >= 0, got {args.max_buffer_mb}")
-    predictor = Predictor.from_file(args.model, device=settings.device)
+    predictor = open_predictor(args.model, device=settings.device)
     bar = Progress(
         TextColumn("[bold]annotate"), BarColumn(),
         TextColumn("{task.completed:.1f}/{task.fields[length]} s"), TimeElapsedColumn(),
@@ -93,7 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``annotate`` subcommand."""
     p = sub.add_parser("annotate", help=HELP, description=DESCRIPTION)
     p.add_argument("video", help="path of the video file")
-    p.add_argument("--model", required=True, help="deployment file (.safetensors) path or URI")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--output", required=True, help="the MP4 file to write (.mp4)")
     add_settings_arguments(p, BatchSettings, only=PREDICT_FIELDS)
     p.add_argument("--max-buffer-mb", type=float, default=512, help=BUFFER_HELP)

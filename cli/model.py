@@ -1,5 +1,7 @@
-"""The model's subcommands: ``predict`` one file, ``export`` to ONNX or TorchScript, write an
-untrained ``new-model``, and ``make-sample-data`` (drawn faces, not real data).
+"""The model's subcommands: ``predict`` one file, ``export`` to ONNX (float or int8) or
+TorchScript, write an untrained ``new-model``, and ``make-sample-data`` (drawn faces, not real
+data). ``predict`` (and ``annotate``) serve a deployment file with torch or an ``.onnx`` file
+with ONNX Runtime on the CPU (``emotion_model.onnx_runtime.open_predictor``).
 
 Heavy imports (torch) happen inside each command, so ``--help`` is instant.
 """
@@ -20,18 +22,21 @@ from tasks.batch.settings import BatchSettings
 console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, soft_wrap=True)
 
+MODEL_HELP = ("deployment file (.safetensors) path or URI, or an .onnx file (served by ONNX "
+              "Runtime on the CPU)")
 PREDICT_FIELDS = ("clip_seconds", "stride_seconds", "detect_fps", "max_faces", "batch_size",
                   "device")
 """The batch flow's parameters that ``predict`` takes too (same flags, same validation)."""
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from emotion_model.predict import Predictor, predict_video
+    from emotion_model.onnx_runtime import open_predictor
+    from emotion_model.predict import predict_video
 
     # the batch flow's own validation and defaults for the flags the two share
     given = parameters_from_args(BatchSettings, args, only=PREDICT_FIELDS)
     settings = BatchSettings.from_parameters(source=args.video, model=args.model, **given)
-    predictor = Predictor.from_file(args.model, device=settings.device)
+    predictor = open_predictor(args.model, device=settings.device)
     result = predict_video(
         predictor, args.video, clip_seconds=settings.clip_seconds,
         stride_seconds=settings.stride_seconds, batch_size=settings.batch_size,
@@ -101,6 +106,17 @@ def _clip_table(title: str, labels: tuple[str, ...], clips: list[Any],
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from emotion_model.onnx_runtime import is_onnx
+
+    if args.int8 and args.format != "onnx":
+        raise ValueError("--int8 goes with --format onnx (TorchScript has no int8 export)")
+    if not args.int8 and (args.quantization or args.calibration):
+        raise ValueError("--quantization and --calibration go with --int8")
+    if is_onnx(args.model) and not args.int8:
+        raise ValueError(f"{args.model}: already an ONNX file: export a deployment file, or "
+                         "add --int8 to quantize this one")
+    if args.int8:
+        return _export_int8(args)
     from emotion_model.checkpoint import load_deployment
     from emotion_model.export import export_model
 
@@ -113,6 +129,42 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_int8(args: argparse.Namespace) -> int:
+    """``export --format onnx --int8``: quantize, check against the float export, write."""
+    from emotion_model.onnx_runtime import is_onnx
+    from emotion_model.quantize import export_int8, quantize_file
+
+    mode = args.quantization or "static"
+    if is_onnx(args.model):
+        report = quantize_file(args.model, args.output, quantization=mode,
+                               calibration=args.calibration)
+    else:
+        from emotion_model.checkpoint import load_deployment
+
+        model, metadata = load_deployment(args.model)
+        report = export_int8(model, metadata, args.output, quantization=mode,
+                             calibration=args.calibration)
+    parity = report["max_abs_diff"]
+    console.print(
+        f"wrote {report['path']} ({report['bytes'] / 1e6:.1f} MB, onnx int8 {mode}, "
+        f"model_version {report['model_version']}); the float export: "
+        f"{report['float_bytes'] / 1e6:.1f} MB"
+        + (f", max |probability difference| vs eager {parity:.2e}" if parity is not None else "")
+    )
+    calibration = report["calibration"]
+    if calibration["clips"]:
+        console.print(f"calibration: {calibration['clips']} clips, {calibration['source']}")
+    check = report["check"]
+    console.print(f"int8 vs float: {report['agreement'].describe()}; {check['source']}")
+    speed = report["clips_per_s"]
+    console.print(f"on this CPU (the check clips, batch 2): int8 {speed['int8']:.1f} clips/s, "
+                  f"float {speed['float32']:.1f} clips/s")
+    if speed["int8"] < speed["float32"]:
+        err.print("note: int8 runs slower than float here (ONNX Runtime has no fast int8 "
+                  "kernels for this model's convolutions): serve the float .onnx instead")
+    return 0
+
+
 def _cmd_new_model(args: argparse.Namespace) -> int:
     import torch
 
@@ -121,7 +173,10 @@ def _cmd_new_model(args: argparse.Namespace) -> int:
     from emotion_model.model import build_model
 
     torch.manual_seed(args.seed)
-    model = build_model("small" if args.small else "r50", modality=args.modality).eval()
+    if args.small and args.preset not in (None, "small"):
+        raise ValueError(f"--small is --preset small: it conflicts with --preset {args.preset}")
+    preset = args.preset or ("small" if args.small else "r50")
+    model = build_model(preset, modality=args.modality).eval()
     meta = save_deployment(
         model, args.output, num_frames=args.num_frames, img_size=args.img_size,
         crop=CropSpec.of(args.crop).to_metadata(), untrained=True,
@@ -130,7 +185,7 @@ def _cmd_new_model(args: argparse.Namespace) -> int:
     )
     size_mb = Path(args.output).stat().st_size / 1e6 if "://" not in str(args.output) else 0
     console.print(
-        f"wrote {args.output}: untrained {'small' if args.small else 'r50'} {args.modality} "
+        f"wrote {args.output}: untrained {preset} {args.modality} "
         f"model, {args.crop} crops, version {meta['model_version']}"
         + (f", {size_mb:.1f} MB" if size_mb else "")
     )
@@ -168,17 +223,35 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "table: one row per clip and the video's mean; for a face model, one "
                        "table per face track (its clips and its mean).")
     p.add_argument("video", help="path of the video file")
-    p.add_argument("--model", required=True, help="deployment file (.safetensors) path or URI")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     add_settings_arguments(p, BatchSettings, only=PREDICT_FIELDS)
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("export", help="export a model to ONNX or TorchScript",
+    p = sub.add_parser("export", help="export a model to ONNX (float or int8) or TorchScript",
                        description="Export a deployment file to ONNX (dynamic batch) or "
                        "TorchScript; the export is checked against the eager model "
-                       "(max probability difference <= 1e-4) before it is written.")
-    p.add_argument("model", help="deployment file path or URI")
+                       "(max probability difference <= 1e-4) before it is written. With "
+                       "--int8, the ONNX export is quantized with ONNX Runtime and checked "
+                       "against the float export on clips the calibration did not use: its "
+                       "label must be the float model's on at least 95 % of them (near ties, "
+                       "probabilities within 0.01, count as agreeing), else nothing is "
+                       "written. The int8 file serves as '<model_version>-int8' "
+                       "(predict/run --model file.onnx, CPU only).")
+    p.add_argument("model", help="deployment file path or URI (with --int8, also a float "
+                   ".onnx file of ours)")
     p.add_argument("--format", choices=["onnx", "torchscript"], required=True)
     p.add_argument("--output", required=True, help="file to write")
+    p.add_argument("--int8", action="store_true",
+                   help="quantize the ONNX export to int8 (ONNX Runtime, CPU)")
+    p.add_argument("--quantization", choices=["static", "dynamic"], default=None,
+                   help="with --int8: static (default; QDQ, per-channel int8 weights, uint8 "
+                   "activations calibrated on clips) or dynamic (activations quantized per "
+                   "call: no calibration, but slower on a CPU)")
+    p.add_argument("--calibration", default=None, metavar="FOLDER",
+                   help="with --int8: a folder of videos (every other one calibrates, the "
+                   "others check) or a clip cache folder of the retrain flow; default: drawn "
+                   "faces rendered into a temporary folder (emotion_model.sample_data) and "
+                   "decoded with the model's own frames, size, crop and audio settings")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("new-model", help="write an UNTRAINED model file (smoke tests only)",
@@ -186,8 +259,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "smoke tests and benchmarks only: its predictions mean nothing, and its "
                        "metadata says untrained=true.")
     p.add_argument("output", help="file to write (.safetensors)")
-    p.add_argument("--small", action="store_true",
-                   help="the width-reduced variant (width 16, 1/13.5 of R50's FLOPs)")
+    p.add_argument("--preset", choices=["r50", "small", "student"], default=None,
+                   help="r50 (default): the model card's SlowFast-R50; small: width 16, "
+                   "1/13.5 of R50's FLOPs; student: the X3D-XS distillation student")
+    p.add_argument("--small", action="store_true", help="the same as --preset small")
     p.add_argument("--seed", type=int, default=0, help="random seed of the weights")
     p.add_argument("--num-frames", type=int, default=48, help="frames per clip (default 48)")
     p.add_argument("--img-size", type=int, default=112, help="frame size in pixels (112)")

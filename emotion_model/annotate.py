@@ -54,8 +54,8 @@ import numpy as np
 from emotion_model.clip_windows import Clip, to_rgb, upright_size
 from emotion_model.errors import EmotionModelError, one_line
 from emotion_model.predict import (
+    BasePredictor,
     ClipPrediction,
-    Predictor,
     VideoPrediction,
     clip_prediction,
     predict_batches,
@@ -114,7 +114,7 @@ class AnnotateResult:
 
 
 def annotate_video(
-    predictor: Predictor,
+    predictor: BasePredictor,
     source: str | os.PathLike[str] | bytes,
     output: str | os.PathLike[str],
     *,
@@ -129,7 +129,8 @@ def annotate_video(
 ) -> AnnotateResult:
     """Write ``output`` (an ``.mp4``): ``source`` with ``predictor``'s predictions drawn on,
     decoding it once (see the module's docstring); returns what was written and
-    ``predict_video``'s result (``Predictor.from_file(path, device=...)`` loads a model).
+    ``predict_video``'s result (``open_predictor(path, device=...)`` loads a model file,
+    ``.onnx`` too).
 
     ``clip_seconds`` to ``max_faces`` are ``predict_video``'s; then the buffer's cap in bytes,
     the folder of its spill file (default: the system's temporary folder), and a callback
@@ -221,7 +222,7 @@ class _Annotator:
     """The frame tap and the clip observer of one `annotate_video` call: buffers the frames,
     keeps the timelines, and draws and writes each frame once it is decided."""
 
-    def __init__(self, predictor: Predictor, writer: _Mp4Writer, max_buffer_bytes: int,
+    def __init__(self, predictor: BasePredictor, writer: _Mp4Writer, max_buffer_bytes: int,
                  spill_dir: str | os.PathLike[str] | None,
                  on_progress: ProgressCallback | None) -> None:
         self.predictor = predictor

@@ -285,6 +285,20 @@ def _modality_of(
     name: str, metadata: Mapping[str, Any], state: Mapping[str, Tensor]
 ) -> tuple[Modality, AudioSpec | None]:
     """The recorded modality and audio spec, checked against each other and the weights."""
+    modality, audio = recorded_modality(name, metadata)
+    held = modality_of_state(state)
+    if held != modality:
+        raise ArchitectureMismatchError(
+            name, f"the metadata says modality {modality!r} but the weights are "
+            f"{_HELD[held]}"
+        )
+    return modality, audio
+
+
+def recorded_modality(name: str, metadata: Mapping[str, Any]
+                      ) -> tuple[Modality, AudioSpec | None]:
+    """The modality and audio spec a model file records (none: a video model), checked against
+    each other; ``ArchitectureMismatchError`` naming ``name`` otherwise."""
     modality = metadata.get("modality") or "video"
     if modality not in MODALITIES:
         raise ArchitectureMismatchError(
@@ -298,12 +312,6 @@ def _modality_of(
         raise ArchitectureMismatchError(
             name, f"modality {modality!r} with audio settings {metadata.get('audio')!r}: "
             "an audio model records its log-mel (audio), a video model none"
-        )
-    held = modality_of_state(state)
-    if held != modality:
-        raise ArchitectureMismatchError(
-            name, f"the metadata says modality {modality!r} but the weights are "
-            f"{_HELD[held]}"
         )
     return modality, audio
 

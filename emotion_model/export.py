@@ -4,6 +4,14 @@ before anything is written.
 The inputs follow the model's modality: ``frames`` float32 [B, T, 3, H, W] (video),
 ``audio`` float32 [B, n_mels, frames] and ``audio_present`` bool [B] (audio), all three in
 that order (audio-video); the output is ``logits`` [B, C].
+
+An ONNX file carries the deployment metadata as JSON in its ``metadata_props`` entry
+``emotion_pipeline`` (`ONNX_METADATA_KEY`), with one key added, ``onnx`` (`onnx_record`):
+the source model's version, the precision (``float32``, or ``int8`` from
+``emotion_model.quantize``), the opset and the sha256 of the graph, which
+``emotion_model.onnx_runtime`` checks when it loads the file. ``model_version`` is the source
+model's for a float file (its outputs are the model's, within 1e-4) and gains a suffix for an
+int8 one (`onnx_model_version`), so rows written by each stay apart.
 """
 
 from __future__ import annotations
@@ -30,6 +38,12 @@ log = logging.getLogger(__name__)
 ExportFormat = Literal["onnx", "torchscript"]
 PARITY_TOLERANCE = 1e-4
 """Largest allowed absolute difference between exported and eager probabilities."""
+ONNX_OPSET = 17
+ONNX_METADATA_KEY = "emotion_pipeline"
+"""The ONNX ``metadata_props`` entry that holds the deployment metadata (JSON)."""
+ONNX_RECORD_VERSION = 1
+Precision = Literal["float32", "int8"]
+Quantization = Literal["static", "dynamic"]
 
 
 def input_names(model: EmotionClassifier) -> list[str]:
@@ -111,15 +125,11 @@ def export_onnx(
             input_names=names,
             output_names=["logits"],
             dynamic_axes={name: {0: "batch"} for name in [*names, "logits"]},
-            opset_version=17,
+            opset_version=ONNX_OPSET,
             dynamo=False,
         )
     proto = onnx.load_from_string(buffer.getvalue())
-    for key, value in (("emotion_pipeline", json.dumps(dict(metadata), default=str)),):
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    data = proto.SerializeToString()
-    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
     worst = 0.0
     for batch, seed in ((1, 1), (3, 2)):
         probe = _example(model, metadata, batch, seed)
@@ -127,7 +137,58 @@ def export_onnx(
         (logits,) = session.run(["logits"], feed)
         got = torch.softmax(torch.from_numpy(logits), -1).numpy()
         worst = max(worst, _check("onnx export", got, _eager_probs(model, probe), tolerance))
-    return data, worst
+    record = onnx_record(proto, metadata, precision="float32", parity=worst)
+    return stamp_onnx(proto, metadata, record), worst
+
+
+def graph_sha256(proto: Any) -> str:
+    """sha256 of an ONNX model's graph (nodes, weights, inputs and outputs; not the metadata),
+    as protobuf serializes it."""
+    import hashlib
+
+    return hashlib.sha256(proto.graph.SerializeToString(deterministic=True)).hexdigest()
+
+
+def onnx_model_version(source_version: str, precision: Precision,
+                       quantization: Quantization | None = None) -> str:
+    """The ``model_version`` an ONNX file serves under: the source model's for float32, with
+    ``-int8`` (static quantization) or ``-int8-dynamic`` appended for int8."""
+    if precision == "float32":
+        return source_version
+    return f"{source_version}-int8" + ("-dynamic" if quantization == "dynamic" else "")
+
+
+def onnx_record(proto: Any, metadata: Mapping[str, Any], *, precision: Precision,
+                quantization: Quantization | None = None, **extra: Any) -> dict[str, Any]:
+    """The ``onnx`` entry of an ONNX file's metadata: how it was made from the source model
+    (``metadata``, a deployment file's), the sha256 of ``proto``'s graph, and ``extra``
+    (``parity``; for int8, the calibration and agreement records)."""
+    source = (metadata.get("onnx") or {}).get("source_version") or metadata.get(
+        "model_version", "unversioned")
+    return {
+        "format_version": ONNX_RECORD_VERSION,
+        "source_version": str(source),
+        "precision": precision,
+        "quantization": quantization,
+        "opset": ONNX_OPSET,
+        "graph_sha256": graph_sha256(proto),
+        **extra,
+    }
+
+
+def stamp_onnx(proto: Any, metadata: Mapping[str, Any], record: Mapping[str, Any]) -> bytes:
+    """``proto`` serialized with ``metadata`` (its ``model_version`` made
+    `onnx_model_version`'s) and ``record`` as ``onnx`` in its `ONNX_METADATA_KEY` entry
+    (replacing one already there)."""
+    served = onnx_model_version(record["source_version"], record["precision"],
+                                record.get("quantization"))
+    stamped = {**dict(metadata), "model_version": served, "onnx": dict(record)}
+    kept = [p for p in proto.metadata_props if p.key != ONNX_METADATA_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(stamped, default=str)
+    return proto.SerializeToString()
 
 
 def export_torchscript(

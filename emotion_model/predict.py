@@ -1,4 +1,5 @@
-"""Prediction: a ``Predictor`` that turns uint8 clip batches into probabilities on CPU or GPU,
+"""Prediction: a ``Predictor`` that turns uint8 clip batches into probabilities on CPU or GPU
+(torch; ``emotion_model.onnx_runtime.OnnxPredictor`` serves an ONNX file the same way),
 and ``predict_video`` for one file (the CLI's single-file mode), made of three steps that
 ``emotion_model.annotate`` streams too: ``prediction_reader`` -> ``predict_batches`` ->
 ``video_prediction``."""
@@ -23,6 +24,12 @@ from emotion_model.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize
 from emotion_model.video import Clip, ClipReader, FrameTap, VideoInfo, VideoSource
 
 DeviceName = Literal["auto", "cpu", "cuda"] | str
+ClipBatch = np.ndarray | torch.Tensor
+"""uint8 clips ``[B, T, H, W, 3]``."""
+AudioBatch = np.ndarray | torch.Tensor
+"""float32 log-mel ``[B, n_mels, frames]``."""
+PresentBatch = np.ndarray | torch.Tensor | Sequence[bool]
+"""bool ``audio_present [B]``."""
 ClipModality = Literal["video", "audio", "audio-video", "none"]
 CLIP_MODALITIES: tuple[ClipModality, ...] = ("video", "audio", "audio-video", "none")
 """What one clip's prediction was made from (`clip_modality`): a model's modality, or
@@ -44,8 +51,98 @@ def resolve_device(device: DeviceName = "auto") -> torch.device:
     return dev
 
 
-class Predictor:
-    """A model in eval mode plus its preprocessing, ready for batches of uint8 clips.
+class BasePredictor:
+    """What every predictor shares: the deployment metadata it serves with (labels, frames per
+    clip, size, normalization, crop, version), and its inputs made from uint8 clips, log-mel
+    and ``audio_present`` (`model_inputs`). Subclasses run the model: `Predictor` (torch, CPU
+    or GPU) and ``emotion_model.onnx_runtime.OnnxPredictor`` (ONNX Runtime, CPU); everything
+    that serves a model (`predict_video`, the batch flow, ``annotate``) takes either.
+    """
+
+    device: torch.device
+    preferred_batch_size: int
+    """Clips per call when the caller does not choose."""
+
+    def __init__(self, metadata: Mapping[str, Any] | None = None) -> None:
+        meta = dict(metadata or {})
+        self.labels: tuple[str, ...] = tuple(meta.get("labels") or EMOTION_LABELS)
+        self.num_frames = int(meta.get("num_frames", 48))
+        self.img_size = int(meta.get("img_size", 112))
+        self.mean = tuple(meta.get("mean") or IMAGENET_MEAN)
+        self.std = tuple(meta.get("std") or IMAGENET_STD)
+        self.model_version = str(meta.get("model_version", "unversioned"))
+        self.crop = CropSpec.from_metadata(meta)
+        """Whole frames or face crops, as the model was trained (``crop`` in its metadata)."""
+        self.metadata = meta
+
+    @property
+    def modality(self) -> str:
+        """``video``, ``audio`` or ``audio-video``: what the model reads."""
+        raise NotImplementedError
+
+    @property
+    def audio_spec(self) -> AudioSpec | None:
+        """The log-mel the model reads (``audio`` in its metadata); None for a video model."""
+        raise NotImplementedError
+
+    def probabilities(
+        self, clips: ClipBatch | None, audio: AudioBatch | None = None,
+        audio_present: PresentBatch | None = None,
+    ) -> np.ndarray:
+        """uint8 ``[B, T, H, W, 3]`` (and, for an audio model, float32 log-mel ``[B, n_mels,
+        frames]`` with bool ``audio_present [B]``) -> float32 ``[B, num_classes]`` softmax
+        probabilities.
+
+        A video model ignores the audio; an audio model ignores the clips (None allowed when
+        ``audio`` or ``audio_present`` gives the batch). ``audio`` None: no clip has audio;
+        ``audio_present`` None: every clip has (when ``audio`` is given). Clips without
+        audio take the model's learned no-audio embedding.
+        """
+        raise NotImplementedError
+
+    def model_inputs(
+        self, clips: ClipBatch | None, audio: AudioBatch | None = None,
+        audio_present: PresentBatch | None = None,
+        *,
+        move: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """`probabilities`' arguments as the model's inputs: normalized float32 frames ``[B,
+        T, 3, H, W]`` (None for an audio model), the checked log-mel and bool
+        ``audio_present [B]`` (None where not given and not implied; both None for a video
+        model). ``move`` takes each tensor where the model runs (uint8 frames before they are
+        normalized: 4x fewer bytes to copy)."""
+        x = None
+        if self.modality != "audio":
+            if clips is None:
+                raise ValueError(f"a {self.modality} model needs clips [B, T, H, W, 3]")
+            frames = torch.from_numpy(clips) if isinstance(clips, np.ndarray) else clips
+            x = normalize(move(frames), mean=self.mean, std=self.std)
+        return (x, *self.audio_inputs(clips, audio, audio_present, move=move))
+
+    def audio_inputs(
+        self, clips: ClipBatch | None, audio: AudioBatch | None = None,
+        audio_present: PresentBatch | None = None,
+        *,
+        move: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """`model_inputs`' log-mel and ``audio_present`` (both None for a video model; an audio
+        model given clips alone: every clip without audio)."""
+        a = present = None
+        if self.modality == "video":
+            return a, present
+        if audio is not None:
+            a = move(check_audio_batch(audio, self.audio_spec))
+        if audio_present is not None:
+            present = move(
+                audio_present.bool() if isinstance(audio_present, torch.Tensor)
+                else torch.from_numpy(np.asarray(audio_present, dtype=bool)))
+        elif a is None and self.modality == "audio" and clips is not None:
+            present = move(torch.zeros(len(clips), dtype=torch.bool))
+        return a, present
+
+
+class Predictor(BasePredictor):
+    """A torch model in eval mode plus its preprocessing, ready for batches of uint8 clips.
 
     On a GPU: bf16 autocast where supported (else fp16), pinned host memory and non-blocking
     copies, channels_last_3d. On a CPU: fp32, or bf16 autocast with ``amp=True`` (opt-in:
@@ -61,17 +158,8 @@ class Predictor:
         device: DeviceName = "auto",
         amp: bool | None = None,
     ) -> None:
-        meta = dict(metadata or {})
         self.device = resolve_device(device)
-        self.labels: tuple[str, ...] = tuple(meta.get("labels") or EMOTION_LABELS)
-        self.num_frames = int(meta.get("num_frames", 48))
-        self.img_size = int(meta.get("img_size", 112))
-        self.mean = tuple(meta.get("mean") or IMAGENET_MEAN)
-        self.std = tuple(meta.get("std") or IMAGENET_STD)
-        self.model_version = str(meta.get("model_version", "unversioned"))
-        self.crop = CropSpec.from_metadata(meta)
-        """Whole frames or face crops, as the model was trained (``crop`` in its metadata)."""
-        self.metadata = meta
+        super().__init__(metadata)
         cuda = self.device.type == "cuda"
         self.amp = cuda if amp is None else amp
         # CPU autocast: bf16 (oneDNN); fp16 autocast has no fast CPU convolutions
@@ -90,7 +178,8 @@ class Predictor:
 
     @classmethod
     def from_file(cls, source: VideoSource, *, device: DeviceName = "auto") -> Predictor:
-        """Load a deployment file (path, URI, bytes or file object) onto ``device``."""
+        """Load a deployment file (path, URI, bytes or file object) onto ``device``
+        (``emotion_model.onnx_runtime.open_predictor`` also takes ``.onnx`` files)."""
         model, metadata = load_deployment(source)
         return cls(model, metadata, device=device)
 
@@ -104,48 +193,24 @@ class Predictor:
         """The log-mel the model reads (``audio`` in its metadata); None for a video model."""
         return getattr(self.model, "audio_spec", None)
 
-    def _to_device(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
-        x = torch.from_numpy(x) if isinstance(x, np.ndarray) else x
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda":
             x = x.pin_memory().to(self.device, non_blocking=True)
         return x
 
     def probabilities(
-        self,
-        clips: np.ndarray | torch.Tensor | None,
-        audio: np.ndarray | torch.Tensor | None = None,
-        audio_present: np.ndarray | torch.Tensor | Sequence[bool] | None = None,
+        self, clips: ClipBatch | None, audio: AudioBatch | None = None,
+        audio_present: PresentBatch | None = None,
     ) -> np.ndarray:
-        """uint8 ``[B, T, H, W, 3]`` (and, for an audio model, float32 log-mel ``[B, n_mels,
-        frames]`` with bool ``audio_present [B]``) -> float32 ``[B, num_classes]`` softmax
-        probabilities.
-
-        A video model ignores the audio; an audio model ignores the clips (None allowed when
-        ``audio`` or ``audio_present`` gives the batch). ``audio`` None: no clip has audio;
-        ``audio_present`` None: every clip has (when ``audio`` is given). Clips without
-        audio take the model's learned no-audio embedding.
-        """
-        x = a = present = None
-        if self.modality != "audio":
-            if clips is None:
-                raise ValueError(f"a {self.modality} model needs clips [B, T, H, W, 3]")
-            x = self._to_device(clips)
-        if self.modality != "video":
-            if audio is not None:
-                a = self._to_device(check_audio_batch(audio, self.audio_spec))
-            if audio_present is not None:
-                present = self._to_device(
-                    audio_present.bool() if isinstance(audio_present, torch.Tensor)
-                    else torch.from_numpy(np.asarray(audio_present, dtype=bool)))
-            elif a is None and x is None and clips is not None:  # an audio model, no audio
-                present = torch.zeros(len(clips), dtype=torch.bool, device=self.device)
+        """See `BasePredictor.probabilities`."""
         autocast = (
             torch.autocast(self.device.type, dtype=self.amp_dtype)
             if self.amp
             else contextlib.nullcontext()
         )
         with torch.inference_mode(), autocast:
-            batch = None if x is None else normalize(x, mean=self.mean, std=self.std)
+            batch, a, present = self.model_inputs(clips, audio, audio_present,
+                                                  move=self._to_device)
             logits = (self.model(batch) if self.modality == "video"
                       else self.model(batch, a, present))
             probs = torch.softmax(logits.float(), dim=-1)
@@ -281,7 +346,7 @@ def video_label(
 
 
 def prediction_reader(
-    predictor: Predictor,
+    predictor: BasePredictor,
     source: VideoSource,
     *,
     clip_seconds: float = 4.0,
@@ -308,7 +373,7 @@ def prediction_reader(
 
 
 def predict_batches(
-    predictor: Predictor,
+    predictor: BasePredictor,
     clips: Iterable[Clip],
     batch_size: int | None = None,
     *,
@@ -363,18 +428,30 @@ def pooled_clips(model_modality: str, audio_present: Sequence[bool], info: Video
     return present
 
 
-def clip_probabilities(predictor: Predictor, clips: Sequence[Clip]) -> np.ndarray:
-    """``predictor``'s probabilities ``[len(clips), num_classes]`` for ``clips``: their frames,
-    and, for a model that reads audio, their log-mel and ``audio_present`` (`audio_used`)."""
+def clip_arrays(
+    predictor: BasePredictor, clips: Sequence[Clip]
+) -> tuple[np.ndarray, np.ndarray | None, list[bool] | None]:
+    """``predictor.probabilities``' arguments for ``clips``: their frames uint8 ``[B, T, H, W,
+    3]``, and, for a model that reads audio, their log-mel ``[B, n_mels, frames]`` (None when
+    no clip has sound) and ``audio_present`` (`audio_used`); both None for a video model."""
     frames = np.stack([c.frames for c in clips])
     spec = predictor.audio_spec
     if predictor.modality == "video" or spec is None:
-        return predictor.probabilities(frames)
+        return frames, None, None
     present = [audio_used(predictor.modality, c) for c in clips]
     if not any(present):
-        return predictor.probabilities(frames, None, present)
+        return frames, None, present
     placeholder = np.zeros(spec.shape, np.float32)  # never read: its clip is absent
     audio = np.stack([c.audio if c.audio is not None else placeholder for c in clips])
+    return frames, audio, present
+
+
+def clip_probabilities(predictor: BasePredictor, clips: Sequence[Clip]) -> np.ndarray:
+    """``predictor``'s probabilities ``[len(clips), num_classes]`` for ``clips``: their frames,
+    and, for a model that reads audio, their log-mel and ``audio_present`` (`clip_arrays`)."""
+    frames, audio, present = clip_arrays(predictor, clips)
+    if present is None:  # a video model: the frames alone
+        return predictor.probabilities(frames)
     return predictor.probabilities(frames, audio, present)
 
 
@@ -390,7 +467,8 @@ def clip_prediction(clip: Clip, probs: np.ndarray, labels: Sequence[str],
 
 
 def video_prediction(
-    predictor: Predictor, reader: ClipReader, clips: Sequence[Clip], probs: Sequence[np.ndarray]
+    predictor: BasePredictor, reader: ClipReader, clips: Sequence[Clip],
+    probs: Sequence[np.ndarray],
 ) -> VideoPrediction:
     """What ``predict_video`` returns once ``reader`` has read every clip: ``clips`` in the
     order read and their probabilities (``probs``: one array per batch). In face mode only the
@@ -426,7 +504,7 @@ def video_prediction(
 
 
 def predict_video(
-    model: EmotionClassifier | Predictor,
+    model: EmotionClassifier | BasePredictor,
     source: VideoSource,
     metadata: Mapping[str, Any] | None = None,
     *,
@@ -445,7 +523,7 @@ def predict_video(
     card's defaults apply (48 frames, 112 px, ImageNet, whole frame). Raises the typed errors
     of ``emotion_model.video`` for a video that gives no clip.
     """
-    predictor = model if isinstance(model, Predictor) else Predictor(
+    predictor = model if isinstance(model, BasePredictor) else Predictor(
         model, metadata, device=device
     )
     reader = prediction_reader(predictor, source, clip_seconds=clip_seconds,

@@ -34,3 +34,23 @@ def normalize(
     m = torch.as_tensor(mean, dtype=dtype, device=x.device).view(shape)
     s = torch.as_tensor(std, dtype=dtype, device=x.device).view(shape)
     return x.sub_(m).div_(s)
+
+
+def normalize_array(
+    frames: np.ndarray,
+    *,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> np.ndarray:
+    """`normalize` in numpy, to the same float32 bits: uint8 ``[..., T, H, W, 3]`` -> C-contiguous
+    float32 ``[..., T, 3, H, W]``. For ONNX Runtime's inputs: no torch kernel (and no OpenMP
+    thread pool contending with ONNX Runtime's) in its path."""
+    if frames.dtype != np.uint8:
+        raise TypeError(f"expected uint8 frames, got {frames.dtype}")
+    if frames.ndim < 4 or frames.shape[-1] != 3:
+        raise ValueError(f"expected frames [..., T, H, W, 3], got shape {tuple(frames.shape)}")
+    x = np.ascontiguousarray(np.moveaxis(frames, -1, -3), dtype=np.float32)
+    x /= np.float32(255.0)
+    x -= np.asarray(mean, np.float32).reshape(3, 1, 1)
+    x /= np.asarray(std, np.float32).reshape(3, 1, 1)
+    return x

@@ -65,9 +65,7 @@ def distill(
     whether ``student.json`` points to it and why, its agreement metrics, the data counts and
     the timings.
     """
-    params = {k: v for k, v in locals().items() if v is not None or k not in ("sources",
-                                                                              "labelled")}
-    settings = DistillSettings.from_parameters(**params)
+    settings = DistillSettings.from_parameters(**locals())  # locals(): exactly the parameters
     logger = get_run_logger()
     started = dt.datetime.now(dt.UTC)
     logger.info("distill %s on %d unlabelled and %d labelled sources -> %s", settings.teacher,

@@ -10,7 +10,7 @@
         -> bounded queue (2 x batch_size clips, >= 8: memory stays bounded) of messages:
            ClipDecoded per clip, then VideoDecoded or VideoFailed per video
         -> one consumer (ShardRunner._consume): batches of batch_size clips across videos ->
-           Predictor (GPU: AMP, pinned memory; CPU: fp32) under torch.inference_mode(), with
+           Predictor (GPU: AMP, pinned memory; CPU: fp32, or ONNX Runtime for an .onnx file), with
            the clips' log-mel and audio_present for a model that reads audio
         -> ShardWriter: predictions / faces / videos / errors, one atomic file per table
 
@@ -41,7 +41,7 @@ from prefect.cache_policies import NO_CACHE
 from emotion_model.errors import LabelMismatchError, NoAudioError, VideoError, one_line
 from emotion_model.labels import EMOTION_LABELS
 from emotion_model.predict import (
-    Predictor,
+    BasePredictor,
     audio_used,
     clip_modality,
     clip_probabilities,
@@ -204,7 +204,7 @@ class ShardRunner:
         settings: BatchSettings,
         *,
         run_id: str,
-        predictor: Predictor,
+        predictor: BasePredictor,
         date: str | None = None,
         on_video_done: Callable[[VideoObject, bool], None] | None = None,
     ) -> None:
@@ -503,7 +503,7 @@ def process_shard(
     settings: BatchSettings,
     *,
     run_id: str,
-    predictor: Predictor,
+    predictor: BasePredictor,
     date: str | None = None,
     on_video_done: Callable[[VideoObject, bool], None] | None = None,
 ) -> ShardResult:

@@ -1,6 +1,6 @@
-"""One loaded model per process: the deployment file a run names, loaded once and shared by
-the preflight check and every shard task that runs in the same process (a Dask worker keeps
-its own)."""
+"""One loaded model per process: the deployment file (torch) or ``.onnx`` file (ONNX Runtime,
+CPU) a run names, loaded once and shared by the preflight check and every shard task that runs
+in the same process (a Dask worker keeps its own)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from emotion_model.checkpoint import load_deployment
-from emotion_model.predict import Predictor
+from emotion_model.onnx_runtime import open_predictor
+from emotion_model.predict import BasePredictor
 from tasks.common.storage import is_local, read_bytes, resolve
 
 MAX_PREDICTORS = 2
@@ -23,12 +23,12 @@ class _PredictorCache:
     def __init__(self, size: int) -> None:
         self.size = size
         self.loads = 0  # deployment files loaded by this process (cache misses)
-        self._items: dict[tuple[str, str, str], Predictor] = {}
+        self._items: dict[tuple[str, str, str], BasePredictor] = {}
         self._lock = threading.Lock()
 
     def get(
         self, model_uri: str, device: str, storage_options: Mapping[str, Any] | None
-    ) -> Predictor:
+    ) -> BasePredictor:
         fs, path = resolve(model_uri, storage_options)
         info = fs.info(path)
         fingerprint = f"{info.get('ETag') or info.get('mtime') or ''}:{info.get('size')}"
@@ -41,8 +41,7 @@ class _PredictorCache:
                 else:
                     source = io.BytesIO(read_bytes(model_uri, storage_options))
                     source.name = model_uri  # so a load error names the URI, not "<bytes>"
-                model, metadata = load_deployment(source)
-                hit = Predictor(model, metadata, device=device)
+                hit = open_predictor(source, device=device)  # by the name: .onnx or not
                 self.loads += 1
                 while len(self._items) >= self.size:
                     self._items.pop(next(iter(self._items)))
@@ -59,9 +58,10 @@ _CACHE = _PredictorCache(MAX_PREDICTORS)
 
 def load_predictor(
     model_uri: str, device: str = "auto", storage_options: Mapping[str, Any] | None = None
-) -> Predictor:
-    """Load a deployment file once per process, cached by URI, device and the file's
-    etag/mtime and size (a replaced file is loaded again)."""
+) -> BasePredictor:
+    """Load a model file once per process, cached by URI, device and the file's etag/mtime
+    and size (a replaced file is loaded again): a deployment file with torch, an ``.onnx``
+    file with ONNX Runtime on the CPU (``device`` cuda is refused for it, in one line)."""
     return _CACHE.get(model_uri, device, storage_options)
 
 

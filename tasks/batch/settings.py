@@ -22,7 +22,9 @@ class BatchSettings(FlowSettings):
         description="Where predictions/, videos/, errors/ and runs/ go (folder or s3:// prefix).",
     )
     model: str = Field(
-        description="Deployment file (.safetensors) path or URI, or a registry's production.json.",
+        description="Deployment file (.safetensors) path or URI, or a registry's production.json; "
+        "an .onnx file (export --format onnx, float or --int8) is served by ONNX Runtime on the "
+        "CPU.",
     )
     clip_seconds: float = Field(default=4.0, gt=0, le=600, description="Clip window length.")
     stride_seconds: float | None = Field(

@@ -28,14 +28,14 @@ class DistillSettings(FlowSettings):
         description="Registry folder or s3:// prefix: the student is published to "
         "<registry>/<model_version>/ and <registry>/student.json (production.json untouched)."
     )
-    sources: list[str] = Field(
-        default_factory=list,
+    sources: list[str] | None = Field(
+        default=None, validate_default=True,
         description="Unlabelled video folders or s3:// prefixes (an archive): the teacher labels "
         "them. Actors are read from RAVDESS or CREMA-D names where they parse (the split is by "
         "actor), each video is its own group otherwise.",
     )
-    labelled: list[str] = Field(
-        default_factory=list,
+    labelled: list[str] | None = Field(
+        default=None, validate_default=True,
         description="Labelled sources as retrain takes them (RAVDESS or CREMA-D layouts, or "
         "manifests with uri, label, actor): their labels add a cross-entropy term, and their "
         "held-out actors give accuracy beside the teacher's.",
@@ -103,8 +103,8 @@ class DistillSettings(FlowSettings):
 
     @field_validator("sources", "labelled")
     @classmethod
-    def _sources(cls, value: list[str]) -> list[str]:
-        cleaned = [v.strip() for v in value]
+    def _sources(cls, value: list[str] | None) -> list[str]:
+        cleaned = [v.strip() for v in value or []]  # None: none given
         if any(not v for v in cleaned):
             raise ValueError("must not contain empty entries")
         return [check_uri(v) for v in cleaned]

@@ -68,9 +68,17 @@ def test_onnx_runs_with_dynamic_batch(exports: dict[str, dict],
 def test_onnx_carries_the_metadata(exports: dict[str, dict]) -> None:
     import onnx
 
+    from emotion_model.export import graph_sha256
+
     proto = onnx.load(exports["onnx"]["path"])
     props = {p.key: p.value for p in proto.metadata_props}
-    assert json.loads(props["emotion_pipeline"]) == METADATA
+    stored = json.loads(props["emotion_pipeline"])
+    record = stored.pop("onnx")
+    assert stored == METADATA  # a float file serves under the source model's version
+    assert record["source_version"] == METADATA["model_version"]
+    assert (record["precision"], record["quantization"], record["opset"]) == ("float32", None, 17)
+    assert record["graph_sha256"] == graph_sha256(proto)
+    assert record["parity"] == exports["onnx"]["max_abs_diff"]
 
 
 def test_torchscript_loads_and_agrees(exports: dict[str, dict],

@@ -77,3 +77,17 @@ def test_wrong_dtype(clip: np.ndarray, dtype: type) -> None:
 def test_wrong_shape(shape: tuple[int, ...]) -> None:
     with pytest.raises(ValueError, match=r"expected frames \[\.\.\., T, H, W, 3\]"):
         normalize(np.zeros(shape, np.uint8))
+
+
+def test_normalize_array_is_normalize_in_numpy(clip: np.ndarray) -> None:
+    from emotion_model.preprocess import normalize_array
+
+    batch = np.stack([clip, clip[::-1]])
+    got = normalize_array(batch, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    assert got.dtype == np.float32 and got.flags["C_CONTIGUOUS"] and got.shape == (2, 8, 3, 6, 5)
+    want = normalize(batch, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3)).numpy()
+    assert np.array_equal(got, want)  # the same float32 bits
+    with pytest.raises(TypeError, match="expected uint8"):
+        normalize_array(batch.astype(np.float32))
+    with pytest.raises(ValueError, match="expected frames"):
+        normalize_array(batch[..., :2])

@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import torch
+from conftest import RETRAIN_RECIPE
 
 from cli.main import main
 from flows.batch_inference import batch_inference
@@ -26,29 +27,20 @@ from tasks.training.settings import RetrainSettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 
-RECIPE: dict[str, Any] = {
-    "preset": "small", "num_frames": 16, "img_size": 64, "batch_size": 8, "lr": 3e-3,
-    "crop_scale": 1.0, "val_fraction": 0.34, "seed": 0, "device": "cpu",
-}
-"""The small model at 16 frames of 64 px: about 3 s per epoch on 2 cores. The random resized
-crop is off: on 96 training clips it slows convergence (measured: 0.75 after 20 epochs with
-crop_scale 0.8, 0.92 without)."""
+RECIPE = RETRAIN_RECIPE
 
 
 @pytest.fixture(scope="module")
-def sample_data(face_videos: Any) -> Path:
+def sample_data(retrained: dict[str, Any]) -> Path:
     """6 actors x 6 emotions x 4 takes of drawn faces in the RAVDESS layout (144 videos)."""
-    return face_videos("ravdess", takes=4)
+    return retrained["data"]
 
 
 @pytest.fixture(scope="module")
-def trained(sample_data: Path, tmp_path_factory: pytest.TempPathFactory,
-            two_threads: None) -> dict[str, Any]:
-    """One full retrain into a fresh registry: its summary and the registry's path."""
-    registry = tmp_path_factory.mktemp("registry")
-    summary = retrain(sources=[str(sample_data)], registry=str(registry), epochs=20,
-                      patience=20, **RECIPE)
-    return {"summary": summary, "registry": registry}
+def trained(retrained: dict[str, Any]) -> dict[str, Any]:
+    """One full retrain into a fresh registry (the session's, shared with the distill tests):
+    its summary and the registry's path."""
+    return retrained
 
 
 def test_learns_on_held_out_actors_and_publishes(trained: dict[str, Any]) -> None:

@@ -26,6 +26,7 @@ EXPECTED = {  # deployment name -> (flow name, entrypoint)
     "nightly": ("batch-inference", "flows/batch_inference.py:batch_inference"),
     "adhoc": ("batch-inference", "flows/batch_inference.py:batch_inference"),
     "weekly": ("retrain", "flows/retrain.py:retrain"),
+    "monthly": ("distill", "flows/distill.py:distill"),
 }
 
 
@@ -56,7 +57,7 @@ def _readme_variables() -> set[str]:
                           flags=re.MULTILINE))
 
 
-def test_three_deployments_of_the_two_flows(deployments: dict[str, dict[str, Any]]) -> None:
+def test_four_deployments_of_the_three_flows(deployments: dict[str, dict[str, Any]]) -> None:
     assert set(deployments) == set(EXPECTED)
     for name, (flow_name, entrypoint) in EXPECTED.items():
         assert deployments[name]["entrypoint"] == entrypoint
@@ -108,7 +109,12 @@ def test_schedules_pools_and_roles(deployments: dict[str, dict[str, Any]]) -> No
     cron = CronSchedule(cron=weekly_schedule["cron"], timezone="UTC")
     minute, hour, day, month, weekday = cron.cron.split()
     assert day == month == "*" and weekday.isdigit() and minute.isdigit() and hour.isdigit()
-    for deployment in (nightly, weekly):
+    monthly = deployments["monthly"]
+    assert [s["cron"] for s in monthly["schedules"]] == ["0 5 1 * *"]
+    assert monthly["parameters"]["teacher"] == nightly["parameters"]["model"]  # production
+    assert monthly["parameters"]["registry"] == weekly["parameters"]["registry"]
+    assert monthly["work_pool"]["job_variables"] == weekly["work_pool"]["job_variables"]
+    for deployment in (nightly, weekly, monthly):
         assert deployment["schedules"][0]["timezone"] == "{{ prefect.variables.emotion_timezone }}"
     for deployment in deployments.values():
         assert deployment["work_pool"]["name"] == "{{ prefect.variables.emotion_gpu_pool }}"
@@ -126,11 +132,12 @@ def test_one_nightly_and_one_retrain_at_a_time(deployments: dict[str, dict[str, 
         "nightly": {"limit": 1, "collision_strategy": "CANCEL_NEW", "grace_period_seconds": 1800},
         "adhoc": None,
         "weekly": {"limit": 1, "collision_strategy": "ENQUEUE", "grace_period_seconds": 1800},
+        "monthly": {"limit": 1, "collision_strategy": "ENQUEUE", "grace_period_seconds": 1800},
     }
     # Prefect's own model of the setting accepts both (strategy names, grace period bounds),
     # and the grace period outlasts the server's default lease, shorter than a cold ECS start
     default_lease = get_current_settings().server.concurrency.initial_deployment_lease_duration
-    for name in ("nightly", "weekly"):
+    for name in ("nightly", "weekly", "monthly"):
         config = ConcurrencyLimitConfig.model_validate(limits[name])
         assert config.limit == 1 and config.grace_period_seconds > default_lease, name
     assert ConcurrencyLimitConfig.model_validate(limits["nightly"]).collision_strategy == (
