@@ -83,7 +83,7 @@ def test_student_agrees_with_the_teacher_on_held_out_actors(
     pointer = json.loads((registry / "student.json").read_text())
     assert pointer["model_version"] == summary["model_version"]
     assert pointer["teacher_version"] == teacher_version
-    assert pointer["uri"] == f"{summary['model_version']}/model.safetensors"
+    assert pointer["uri"] == str(registry / summary["model_version"] / "model.safetensors")
 
     folder = registry / summary["model_version"]
     record = json.loads((folder / "metrics.json").read_text())
