@@ -470,18 +470,21 @@ def train(
     of the same run key refuses with ``CheckpointInUseError`` naming the holder, and this one
     stops with it should its lease be taken over.
     """
-    train_index = train_examples if isinstance(train_examples, ClipIndex) \
-        else ClipIndex.build(train_examples, cache)
-    val_index = val_examples if isinstance(val_examples, ClipIndex) \
-        else ClipIndex.build(val_examples, cache)
-    if not train_index.examples or not val_index.examples:
+    n_train = len(train_examples.examples if isinstance(train_examples, ClipIndex)
+                  else train_examples)
+    n_val = len(val_examples.examples if isinstance(val_examples, ClipIndex) else val_examples)
+    if not n_train or not n_val:
         raise NoTrainingDataError(f"training needs examples on both sides of the split; got "
-                         f"{len(train_index.examples)} train and {len(val_index.examples)} "
-                         "validation")
+                         f"{n_train} train and {n_val} validation")
     if objective is None:
         objective = Supervised(getattr(settings, "label_smoothing", 0.0))
     with CheckpointLease(settings.checkpoint_uri, run_key=settings.run_key(),
                          storage_options=settings.storage_options) as lease:
+        # the lease first: nothing is read before it is held
+        train_index = train_examples if isinstance(train_examples, ClipIndex) \
+            else ClipIndex.build(train_examples, cache)
+        val_index = val_examples if isinstance(val_examples, ClipIndex) \
+            else ClipIndex.build(val_examples, cache)
         if model is None:
             model = initial_model(settings)  # type: ignore[arg-type]
         return _train(settings, train_index, val_index, cache, lease, on_epoch, model,
