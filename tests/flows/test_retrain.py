@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import torch
-from conftest import RETRAIN_RECIPE
+from retrain_recipe import RETRAIN_RECIPE
 
 from cli.main import main
 from flows.batch_inference import batch_inference
