@@ -73,6 +73,15 @@ def check_uri(value: str) -> str:
     return value
 
 
+def check_uris(values: list[str] | None) -> list[str]:
+    """Each of ``values`` through `check_uri` (None: an empty list); a ValueError on a blank
+    entry."""
+    cleaned = [v.strip() for v in values or []]
+    if any(not v for v in cleaned):
+        raise ValueError("must not contain empty entries")
+    return [check_uri(v) for v in cleaned]
+
+
 def document_parameters(settings: type[BaseModel]) -> Callable[[F], F]:
     """Decorator: append an ``Args:`` section built from ``settings``' field descriptions to a
     flow function's docstring, so Prefect shows each parameter's description (put it under

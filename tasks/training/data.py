@@ -160,11 +160,20 @@ def collect_examples(
                 continue
             example = Example(video.uri, video.etag, video.size, parsed.label,
                               f"{parsed.dataset}:{parsed.actor}", parsed.dataset)
-            # RAVDESS: the same frames as modality 01 (audio-video) and 02 (video-only); a
-            # video model keeps 02 (as before audio models), an audio model the copy with sound
-            rank = "0" if os.path.basename(video.uri).startswith("01-" if audio else "02-") \
-                else "1"
-            _keep(by_key, parsed.performance, rank + video.uri, example, report)
+            _keep(by_key, parsed.performance, _copy_rank(video.uri, audio), example, report)
+    return _kept(by_key, report)
+
+
+def _copy_rank(uri: str, audio: bool) -> str:
+    """RAVDESS: the same frames as modality 01 (audio-video) and 02 (video-only); a video
+    model keeps 02 (as before audio models), an audio model the copy with sound (lower ranks
+    win in `_keep`)."""
+    return ("0" if os.path.basename(uri).startswith("01-" if audio else "02-") else "1") + uri
+
+
+def _kept(by_key: dict[str, tuple[str, Example]], report: DataReport
+          ) -> tuple[list[Example], DataReport]:
+    """The examples `_keep` kept, by URI, with ``report.used`` set."""
     examples = sorted((e for _, e in by_key.values()), key=lambda e: e.uri)
     report.used = len(examples)
     return examples, report
@@ -214,9 +223,5 @@ def collect_unlabelled(
                 continue
             example = Example(video.uri, video.etag, video.size, "",
                               f"{parsed.dataset}:{parsed.actor}", parsed.dataset)
-            rank = "0" if os.path.basename(video.uri).startswith("01-" if audio else "02-") \
-                else "1"
-            _keep(by_key, parsed.performance, rank + video.uri, example, report)
-    examples = sorted((e for _, e in by_key.values()), key=lambda e: e.uri)
-    report.used = len(examples)
-    return examples, report
+            _keep(by_key, parsed.performance, _copy_rank(video.uri, audio), example, report)
+    return _kept(by_key, report)

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from tasks.common.settings import FlowSettings, check_uri
+from tasks.common.settings import FlowSettings, check_uri, check_uris
 from tasks.common.storage import join
 
 STUDENT_POINTER = "student.json"
@@ -104,10 +104,7 @@ class DistillSettings(FlowSettings):
     @field_validator("sources", "labelled")
     @classmethod
     def _sources(cls, value: list[str] | None) -> list[str]:
-        cleaned = [v.strip() for v in value or []]  # None: none given
-        if any(not v for v in cleaned):
-            raise ValueError("must not contain empty entries")
-        return [check_uri(v) for v in cleaned]
+        return check_uris(value)  # None: none given
 
     @field_validator("teacher", "registry", "cache", "checkpoint_dir")
     @classmethod

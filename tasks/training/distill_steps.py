@@ -5,7 +5,6 @@ teacher (cached) -> train the student (resumable) -> evaluate -> publish under `
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import io
 import json
 import logging
@@ -39,6 +38,7 @@ from tasks.training.evaluation import curves_png
 from tasks.training.loop import TrainResult, default_batch_size, read_model_file, train
 from tasks.training.registry import MODEL_FILE, pointer_relative, version_uri, write_json
 from tasks.training.split import Split, split_by_actor
+from tasks.training.steps import cache_progress, data_fingerprint
 from tasks.training.teacher_cache import (
     TeacherOutputs,
     TeacherReport,
@@ -94,13 +94,6 @@ def load_teacher(settings: DistillSettings) -> Teacher:
     return Teacher(model.eval(), metadata, uri)
 
 
-def _fingerprint(examples: list[Example]) -> str:
-    digest = hashlib.sha256()
-    for e in sorted(examples, key=lambda e: e.uri):
-        digest.update(f"{e.uri}|{e.etag}|{e.label}\n".encode())
-    return digest.hexdigest()[:16]
-
-
 @task(name="prepare-distill-data", retries=2, retry_delay_seconds=[5, 30],
       retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
 def prepare_distill_data(settings: DistillSettings, teacher: Teacher) -> DistillData:
@@ -122,15 +115,8 @@ def prepare_distill_data(settings: DistillSettings, teacher: Teacher) -> Distill
     spec = teacher.clip_spec(settings)
     cache = ClipCache(settings.cache_uri, spec, settings.storage_options)
     progress.emit("stage", name="cache", total=len(examples))
-    done = 0
-
-    def on_video(example: Example, ok: bool) -> None:
-        nonlocal done
-        done += 1
-        progress.emit("cache", done=done, total=len(examples), ok=ok)
-
     kept, cache_report = build_cache(cache, examples, threads=settings.decode_threads,
-                                     on_video=on_video)
+                                     on_video=cache_progress(len(examples)))
     logger.info("clip cache %s: %d decoded now, %d already cached, %d unreadable (%.1fs)",
                 settings.cache_uri, cache_report.decoded, cache_report.cached,
                 len(cache_report.corrupt), cache_report.decode_s)
@@ -141,7 +127,7 @@ def prepare_distill_data(settings: DistillSettings, teacher: Teacher) -> Distill
     logger.info("split (seed %d): %d videos to learn from, %d held out (%d groups)",
                 settings.seed, len(split.train), len(split.val), len(split.val_actors))
     return DistillData(split, labelled_report, unlabelled_report, cache_report, spec,
-                       _fingerprint(split.train))
+                       data_fingerprint(split.train))
 
 
 @task(name="label-with-teacher", retries=2, retry_delay_seconds=[5, 30],

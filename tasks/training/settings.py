@@ -10,7 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from emotion_model.audio import AudioSpec
 from emotion_model.face_clips import CropSpec
-from tasks.common.settings import FlowSettings, check_uri
+from tasks.common.settings import FlowSettings, check_uri, check_uris
 from tasks.common.storage import join
 
 
@@ -104,10 +104,7 @@ class RetrainSettings(FlowSettings):
     @field_validator("sources")
     @classmethod
     def _sources(cls, value: list[str]) -> list[str]:
-        cleaned = [v.strip() for v in value]
-        if any(not v for v in cleaned):
-            raise ValueError("sources must not contain empty entries")
-        return [check_uri(v) for v in cleaned]
+        return check_uris(value)
 
     @field_validator("registry", "cache", "checkpoint_dir", "init", "pretrained")
     @classmethod

@@ -90,7 +90,8 @@ def data_fingerprint(examples: list[Example]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _cache_progress(total: int) -> Any:
+def cache_progress(total: int) -> Any:
+    """A `build_cache` ``on_video`` callback that emits ``cache`` progress events."""
     done = 0
 
     def on_video(example: Example, ok: bool) -> None:
@@ -124,7 +125,7 @@ def prepare_data(settings: RetrainSettings) -> PreparedData:
     cache = ClipCache(settings.cache_uri, spec, settings.storage_options)
     progress.emit("stage", name="cache", total=len(examples))
     kept, cache_report = build_cache(cache, examples, threads=settings.decode_threads,
-                                     on_video=_cache_progress(len(examples)))
+                                     on_video=cache_progress(len(examples)))
     report.corrupt = len(cache_report.corrupt)
     report.corrupt_examples = [f"{uri}: {why}" for uri, why in cache_report.corrupt[:5]]
     logger.info("clip cache %s: %d decoded now, %d already cached, %d unreadable (%.1fs)",
